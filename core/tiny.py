@@ -1,0 +1,305 @@
+"""Tiny local Qwen3 / Qwen3-VL models: the real architecture classes, small dims, built offline.
+
+- tokenizer: byte-level BPE trained on local text with Qwen's special tokens and a ChatML template
+  that renders image parts as `<|vision_start|><|image_pad|><|vision_end|>`;
+- `tiny-text`: Qwen3ForCausalLM (hidden 256), briefly trained on chat-formatted local text so that
+  quantization error is measurable and answers end with <|im_end|>;
+- `tiny-vl`: Qwen3VLForConditionalGeneration with a real Qwen3VLProcessor (random weights);
+- `bench-text`: the Qwen3-0.6B shape with random weights, memory-bound on a CPU, for benchmarks.
+
+Every folder is what `from_pretrained` / vLLM would load from the Hub. Quantized linears keep in/out
+features multiples of 128 (4-bit kernel tiles, group size 128).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
+QWEN_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or part['type'] == 'image_url' -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or part['type'] == 'video_url' -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+VOCAB = 4096  # tokenizer size; the models' vocab_size (embedding rows) equals it (a multiple of 128)
+
+TEXT_SHAPE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64)
+BENCH_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                   num_key_value_heads=8, head_dim=128)  # Qwen3-0.6B
+VISION_SHAPE = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[1],
+                    num_position_embeddings=2304)
+IMAGE_PIXELS = dict(min_pixels=32 * 32, max_pixels=256 * 256)  # at most 64 image tokens per image
+TRAIN_SECONDS = float(os.environ.get("QWEN_W4_TINY_TRAIN_SECONDS", "60"))
+SEED = 1234
+
+
+def _log(msg: str) -> None:
+    print(f"[tiny] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- local text
+
+def corpus(max_chars: int = 1_500_000) -> list[str]:
+    """English prose available on every Python install: docstrings of the standard library."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    total = 0
+    for f in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8", errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                d = ast.get_docstring(node)
+                if d and len(d) > 40:
+                    d = " ".join(d.split())
+                    docs.append(d)
+                    total += len(d)
+        if total >= max_chars:
+            break
+    return docs
+
+
+def chat_samples(docs: list[str]) -> list[list[dict]]:
+    """Docstrings as one-turn chats: the first sentence asks, the rest answers."""
+    out = []
+    for d in docs:
+        head, sep, rest = d.partition(". ")
+        if sep and len(rest) > 20:
+            out.append([{"role": "user", "content": f"Explain: {head}."},
+                        {"role": "assistant", "content": rest[:600]}])
+    return out
+
+
+# ---------------------------------------------------------------- tokenizer / processor
+
+def build_tokenizer(docs: list[str] | None = None):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    docs = docs if docs is not None else corpus()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE,
+        model_max_length=32768, clean_up_tokenization_spaces=False,
+    )
+
+
+def build_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    size = {"shortest_edge": IMAGE_PIXELS["min_pixels"], "longest_edge": IMAGE_PIXELS["max_pixels"]}
+    image = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size,
+                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    video = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                  size={"shortest_edge": 4096, "longest_edge": 64 * 64 * 8})
+    return Qwen3VLProcessor(image_processor=image, video_processor=video, tokenizer=tokenizer,
+                            chat_template=CHAT_TEMPLATE)
+
+
+# ---------------------------------------------------------------- configs and models
+
+def _ids(tokenizer) -> dict:
+    t = tokenizer.convert_tokens_to_ids
+    return dict(eos=t("<|im_end|>"), pad=t("<|endoftext|>"), image=t("<|image_pad|>"), video=t("<|video_pad|>"),
+                vstart=t("<|vision_start|>"), vend=t("<|vision_end|>"), endoftext=t("<|endoftext|>"))
+
+
+def text_config(tokenizer, shape: dict):
+    from transformers import Qwen3Config
+
+    ids = _ids(tokenizer)
+    return Qwen3Config(vocab_size=VOCAB, max_position_embeddings=32768, rope_theta=1_000_000.0,
+                       tie_word_embeddings=False, eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                       bos_token_id=ids["endoftext"], dtype="bfloat16", **shape)
+
+
+def vl_config(tokenizer):
+    from transformers import Qwen3VLConfig
+
+    ids = _ids(tokenizer)
+    text = dict(vocab_size=VOCAB, max_position_embeddings=32768, dtype="bfloat16",
+                rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+                                 "mrope_section": [12, 10, 10], "mrope_interleaved": True},
+                eos_token_id=ids["eos"], pad_token_id=ids["pad"], bos_token_id=ids["endoftext"], **TEXT_SHAPE)
+    vision = dict(out_hidden_size=TEXT_SHAPE["hidden_size"], **VISION_SHAPE)
+    return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                         video_token_id=ids["video"], vision_start_token_id=ids["vstart"],
+                         vision_end_token_id=ids["vend"], tie_word_embeddings=False, dtype="bfloat16",
+                         eos_token_id=ids["eos"], pad_token_id=ids["pad"])
+
+
+def _generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    ids = _ids(tokenizer)
+    return GenerationConfig(eos_token_id=[ids["eos"], ids["endoftext"]], pad_token_id=ids["pad"],
+                            bos_token_id=ids["endoftext"], do_sample=False, max_new_tokens=256)
+
+
+def _silence_special_logits(model, tokenizer) -> None:
+    """Random models would often stop at once: zero lm_head rows of special tokens so greedy
+    decoding of an untrained model never picks them (answers run to max_tokens)."""
+    import torch
+
+    with torch.no_grad():
+        for tid in _ids(tokenizer).values():
+            model.lm_head.weight[tid].zero_()
+
+
+def train_text(model, tokenizer, docs: list[str], seconds: float, seq: int = 128, batch: int = 8) -> dict:
+    """A short next-token training run on chat-formatted local text (CPU, bounded by wall time)."""
+    import torch
+
+    torch.manual_seed(SEED)
+    ids: list[int] = []
+    for chat in chat_samples(docs):
+        ids += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
+    data = torch.tensor(ids, dtype=torch.long)
+    n = (len(data) - 1) // seq
+    model.float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(SEED)
+    step, t0, loss = 0, time.time(), float("nan")
+    first = None
+    while time.time() - t0 < seconds:
+        rows = torch.randint(0, n, (batch,), generator=g) * seq
+        x = torch.stack([data[r:r + seq + 1] for r in rows])
+        out = model(input_ids=x[:, :-1])
+        logits = out.logits.float()
+        l = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss = float(l.detach())
+        first = loss if first is None else first
+        step += 1
+    model.eval()
+    return {"steps": step, "seconds": round(time.time() - t0, 1), "first_loss": first, "final_loss": loss,
+            "tokens_seen": step * batch * seq}
+
+
+def _save_common(out: Path, tokenizer, meta: dict) -> None:
+    tokenizer.save_pretrained(out)
+    _generation_config(tokenizer).save_pretrained(out)
+    (out / "tiny_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def build(alias: str, out: Path) -> Path:
+    """Build `alias` (tiny-text, tiny-vl or bench-text) into folder `out` (written atomically)."""
+    import torch
+
+    if alias not in BUILDERS:
+        raise ValueError(f"no tiny builder for {alias}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=out.parent))
+    try:
+        t0 = time.time()
+        torch.manual_seed(SEED)
+        docs = corpus()
+        tokenizer = build_tokenizer(docs)
+        meta = BUILDERS[alias](tmp, tokenizer, docs)
+        meta.update(alias=alias, build_seconds=round(time.time() - t0, 1), seed=SEED)
+        _save_common(tmp, tokenizer, meta)
+        for f in [tmp, *tmp.iterdir()]:
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        _log(f"built {alias} in {meta['build_seconds']} s -> {out}")
+        return out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_text(out: Path, tokenizer, docs) -> dict:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(text_config(tokenizer, TEXT_SHAPE))
+    _log(f"training tiny-text for {TRAIN_SECONDS:.0f} s on local text")
+    stats = train_text(model, tokenizer, docs, TRAIN_SECONDS)
+    model.to(torch.bfloat16).save_pretrained(out)
+    return {"params": sum(p.numel() for p in model.parameters()), "training": stats}
+
+
+def _build_vl(out: Path, tokenizer, docs) -> dict:
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration(vl_config(tokenizer)).to(torch.bfloat16)
+    _silence_special_logits(model, tokenizer)
+    model.save_pretrained(out)
+    processor = build_processor(tokenizer)
+    processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)  # preprocessor_config.json, for older readers
+    return {"params": sum(p.numel() for p in model.parameters()), "training": None}
+
+
+def _build_bench(out: Path, tokenizer, docs) -> dict:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    with torch.device("cpu"):
+        model = Qwen3ForCausalLM(text_config(tokenizer, BENCH_SHAPE)).to(torch.bfloat16)
+    _silence_special_logits(model, tokenizer)
+    model.save_pretrained(out)
+    return {"params": sum(p.numel() for p in model.parameters()), "training": None}
+
+
+BUILDERS = {"tiny-text": _build_text, "tiny-vl": _build_vl, "bench-text": _build_bench}
+
+
+def ensure(alias: str) -> Path:
+    """The local folder of a tiny base model, built on first use and cached under the artifact root."""
+    from core.catalog import artifact_root
+
+    import fcntl
+
+    out = artifact_root() / alias
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{alias}.lock", "w") as lock:  # one builder at a time; others wait and reuse
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").is_file():
+            return out
+        return build(alias, out)
