@@ -36,8 +36,8 @@ def checks() -> list[tuple[str, bool | None, str]]:
     if hw.has_gpu:
         rows.append(("serve W4A16", vv is not None, "vLLM on GPU picks Marlin/Machete kernels for GPTQ/AWQ/AutoRound"))
     else:
-        ok = hw.flag("avx512f")
-        rows.append(("serve W4A16 on CPU", ok, hw.cpu_int4_path))
+        ok, why = hw.w4a16_serving
+        rows.append(("serve W4A16 on CPU", ok, why))
         rows.append(("serve bf16 on CPU", hw.flag("avx512f") or hw.flag("avx2"),
                      "native bf16" if hw.flag("avx512_bf16") else "emulated bf16 (slower)"))
     big = hw.mem_total_gib >= 40 or any(g.memory_gib >= 20 for g in hw.gpus)

@@ -50,10 +50,21 @@ class Hardware:
             return "cpu_gemm_wna16 (AVX-512; unpacks int4 to bf16: compute-bound, ~0.85x bf16 speed)"
         return "unsupported (vLLM's CPU build needs AVX-512 for W4A16)"
 
+    @property
+    def w4a16_serving(self) -> tuple[bool, str]:
+        """Can vLLM serve W4A16 (GPTQ/AWQ/AutoRound/compressed-tensors) checkpoints here, and why (not)."""
+        if self.gpus:
+            return True, "GPU: vLLM picks its Marlin/Machete W4A16 kernels"
+        if self.flag("avx512f"):
+            return True, "CPU with AVX-512: " + self.cpu_int4_path
+        return False, ("this CPU has no AVX-512, and vLLM's CPU build ships its W4A16 kernel (cpu_gemm_wna16) "
+                       "only in its AVX-512 library")
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["device"] = self.device
         d["cpu_int4_path"] = self.cpu_int4_path
+        d["w4a16_serving"] = self.w4a16_serving[0]
         return d
 
 
