@@ -54,7 +54,7 @@ VISION_SHAPE = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2
                     spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[1],
                     num_position_embeddings=2304)
 IMAGE_PIXELS = dict(min_pixels=32 * 32, max_pixels=256 * 256)  # at most 64 image tokens per image
-TRAIN_SECONDS = float(os.environ.get("QWEN_W4_TINY_TRAIN_SECONDS", "60"))
+TRAIN_STEPS = int(os.environ.get("QWEN_W4_TINY_TRAIN_STEPS", "150"))  # ~40 s on 2 idle cores
 SEED = 1234
 
 
@@ -182,8 +182,8 @@ def _silence_special_logits(model, tokenizer) -> None:
             model.lm_head.weight[tid].zero_()
 
 
-def train_text(model, tokenizer, docs: list[str], seconds: float, seq: int = 128, batch: int = 8) -> dict:
-    """A short next-token training run on chat-formatted local text (CPU, bounded by wall time)."""
+def train_text(model, tokenizer, docs: list[str], steps: int, seq: int = 128, batch: int = 8) -> dict:
+    """A short, deterministic next-token training run on chat-formatted local text (CPU)."""
     import torch
 
     torch.manual_seed(SEED)
@@ -197,7 +197,7 @@ def train_text(model, tokenizer, docs: list[str], seconds: float, seq: int = 128
     g = torch.Generator().manual_seed(SEED)
     step, t0, loss = 0, time.time(), float("nan")
     first = None
-    while time.time() - t0 < seconds:
+    for step in range(1, steps + 1):
         rows = torch.randint(0, n, (batch,), generator=g) * seq
         x = torch.stack([data[r:r + seq + 1] for r in rows])
         out = model(input_ids=x[:, :-1])
@@ -209,7 +209,6 @@ def train_text(model, tokenizer, docs: list[str], seconds: float, seq: int = 128
         opt.step()
         loss = float(l.detach())
         first = loss if first is None else first
-        step += 1
     model.eval()
     return {"steps": step, "seconds": round(time.time() - t0, 1), "first_loss": first, "final_loss": loss,
             "tokens_seen": step * batch * seq}
@@ -255,8 +254,8 @@ def _build_text(out: Path, tokenizer, docs) -> dict:
     from transformers import Qwen3ForCausalLM
 
     model = Qwen3ForCausalLM(text_config(tokenizer, TEXT_SHAPE))
-    _log(f"training tiny-text for {TRAIN_SECONDS:.0f} s on local text")
-    stats = train_text(model, tokenizer, docs, TRAIN_SECONDS)
+    _log(f"training tiny-text for {TRAIN_STEPS} steps on local text")
+    stats = train_text(model, tokenizer, docs, TRAIN_STEPS)
     model.to(torch.bfloat16).save_pretrained(out)
     return {"params": sum(p.numel() for p in model.parameters()), "training": stats}
 
