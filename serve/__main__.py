@@ -1,21 +1,95 @@
-"""`python -m serve`: launch vLLM's OpenAI-compatible server for a catalog alias or model folder."""
+"""`python -m serve`: launch vLLM's OpenAI-compatible server for a catalog alias, model folder or Hub id.
+
+Prints the exact vLLM command (secrets masked), waits for /health, prints the base URL and an openai
+snippet, then stays in the foreground until Ctrl-C / SIGTERM and stops the whole vLLM process tree.
+Arguments after `--` go to vLLM verbatim.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import signal
+import sys
+import time
 
 from core.cli import add_common, print_catalog
-from core.errors import run_cli
+from core.errors import UserError, run_cli
+from serve.args import API_KEY_ENV, VLLM_PYTHON_ENV
+
+EPILOG = f"""examples:
+  python -m serve --model tiny-vl                       # a local tiny VL model on 127.0.0.1:8000
+  python -m serve --model vl-gptq --device cuda --dry-run   # the GPU command for the published GPTQ model
+  python -m serve --model vl-awq --host 0.0.0.0 --api-key $KEY --tensor-parallel-size 2
+  python -m serve --model ./artifacts/tiny-vl-gptq -- --max-num-seqs 8   # extra vLLM arguments after --
+
+env: {API_KEY_ENV} (default --api-key), {VLLM_PYTHON_ENV} (a Python that has vLLM)"""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="alias (see --list), model folder or Hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None,
+                   help=f"key clients must send (default: ${API_KEY_ENV}); required when --host is not loopback")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the catalog's)")
+    p.add_argument("--served-name", default=None, help="model name clients use (default: the alias)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model replica (GPU)")
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline stages (GPU)")
+    p.add_argument("--distributed-executor-backend", choices=("mp", "ray"), default=None,
+                   help="ray: spread over the machines of a running Ray cluster (multi-node)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.90, help="GPU memory share for vLLM")
+    p.add_argument("--kv-cache-gib", type=int, default=None, help="CPU KV-cache size (default: from model and RAM)")
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip torch.compile / CUDA graphs (default: on for CPU, off for GPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: what is here; cuda with --dry-run plans a GPU command on a machine without one")
+    p.add_argument("--vllm-python", default=None, help=f"Python that has vLLM (default: ${VLLM_PYTHON_ENV} or this one)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the server (default 900)")
+    p.add_argument("--force", action="store_true", help="start even where a known limitation says it fails")
+    p.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
     p.add_argument("--list", action="store_true", help="print the variant catalog and what is local")
     add_common(p)
     return p
 
 
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _raise_stop(signum, _frame):
+    raise _Stop(signum)
+
+
+def _hardware(device: str, gpus_needed: int, dry_run: bool):
+    from core.hardware import Gpu, detect
+
+    hw = detect()
+    if device == "cpu":
+        return dataclasses.replace(hw, gpus=())
+    if device == "cuda" and not hw.has_gpu:
+        if not dry_run:
+            raise UserError("--device cuda: no NVIDIA GPU is visible here", "use --dry-run to plan a GPU command")
+        return dataclasses.replace(hw, gpus=tuple(Gpu("planned GPU", 80.0) for _ in range(max(1, gpus_needed))))
+    return hw
+
+
+def snippet(base_url: str, model: str, keyed: bool) -> list[str]:
+    key = f'os.environ["{API_KEY_ENV}"]' if keyed else '"EMPTY"'
+    imports = "import os; from openai import OpenAI" if keyed else "from openai import OpenAI"
+    return [f'{imports}; client = OpenAI(base_url="{base_url}", api_key={key})',
+            f'print(client.chat.completions.create(model="{model}", messages=[{{"role": "user", '
+            f'"content": "Hello!"}}]).choices[0].message.content)']
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
     args = parser().parse_args(argv)
     if args.doctor:
         from core.doctor import report
@@ -23,8 +97,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_catalog()
         return 0
-    parser().error("serving lands with the serve issue; try --list or --doctor")
-    return 2
+    if not args.model:
+        raise UserError("--model is required", "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
+
+    from serve import server as S
+
+    hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
+    lp = S.plan(args.model, host=args.host, port=args.port or None, api_key=args.api_key,
+                max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
+                engine_python=args.vllm_python, force=args.force,
+                tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+                distributed_backend=args.distributed_executor_backend,
+                gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
+                enforce_eager=args.enforce_eager, hw=hw)
+    if args.dry_run:
+        print(f"$ {lp.command}", flush=True)
+        return 0
+    S.preflight(lp)
+    print(f"$ {lp.command}", flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    srv = None
+    t0 = time.monotonic()
+    try:
+        try:
+            srv = S.launch(lp, timeout_s=args.timeout, checks=False)
+        except S.ServerError as e:
+            _print_tail(e.tail)
+            raise
+        print(f"log: {srv.log_path}", flush=True)
+        print(f"ready: {srv.base_url} serves '{srv.model}' (pid {srv.pid}, started in "
+              f"{time.monotonic() - t0:.0f} s); Ctrl-C stops it", flush=True)
+        for line in snippet(srv.base_url, srv.model, bool(lp.opts.api_key)):
+            print(f"  {line}", flush=True)
+        while srv.proc.poll() is None:
+            time.sleep(0.5)
+        tail = srv.log_tail()
+        cause, todo = S.likely_cause(tail, srv.proc.returncode)
+        _print_tail(tail)
+        raise UserError(f"vLLM exited (code {srv.proc.returncode}) while serving '{srv.model}': {cause}",
+                        f"{todo}; full log: {srv.log_path}", exit_code=1)
+    except (KeyboardInterrupt, _Stop) as e:
+        ready = srv is not None
+        print(f"stopping the server{'' if ready else ' (interrupted while starting)'} ...", file=sys.stderr, flush=True)
+        if srv is not None:
+            srv.stop()
+        print("stopped", file=sys.stderr, flush=True)
+        if ready:
+            return 0
+        return 128 + (e.signum if isinstance(e, _Stop) else signal.SIGINT)
+    finally:
+        if srv is not None:
+            srv.stop()
+
+
+def _print_tail(tail: list[str]) -> None:
+    if tail:
+        print("last lines of vLLM's log:", file=sys.stderr)
+        for line in tail:
+            print(f"  | {line[:300]}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""Engines the benchmark drives: vLLM's OpenAI server (through `serve`) or transformers in process.
+
+An engine serves one variant at a time: `open()` (start or connect; raises on failure),
+`run(requests, concurrency, on_done)` -> (results, duration_s), `answer(prompt, max_tokens)` (greedy,
+for the quality table), `rss_bytes()` (resident memory of what serves the model), `info` (how it
+ran: argv, backend, compile, start-up seconds ...), `failure_reason()` (one line, when it died),
+`close()`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from bench.metrics import RequestResult
+from bench.workload import Request
+
+ENGINES = ("vllm", "transformers")
+
+
+class Engine:
+    kind = "?"
+
+    def __init__(self, alias: str, location: str, modality: str):
+        self.alias, self.location, self.modality = alias, location, modality
+        self.info: dict = {"engine": self.kind}
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def run(self, requests: list[Request], concurrency: int,
+            on_done: Callable[[RequestResult], None] | None = None) -> tuple[list[RequestResult], float]:
+        raise NotImplementedError
+
+    def answer(self, prompt: str, max_tokens: int) -> str:
+        raise NotImplementedError
+
+    def rss_bytes(self) -> int | None:
+        return None
+
+    def device_peak_bytes(self) -> int | None:
+        return None
+
+    def failure_reason(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A failure reason fit for one table cell."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_ERR = re.compile(r"\b([A-Z][A-Za-z]*(Error|Exception)): (.+)$")
+
+
+def error_from_log(text: str) -> str | None:
+    """The last `SomethingError: message` line of a server log (its real cause, usually)."""
+    found = None
+    for line in (text or "").splitlines():
+        m = _ERR.search(line)
+        if m:
+            found = f"{m.group(1)}: {m.group(3).strip()}"
+    return found
+
+
+def make(kind: str, alias: str, location: str, modality: str, **kw) -> Engine:
+    if kind == "vllm":
+        from bench.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(alias, location, modality, **kw)
+    if kind == "transformers":
+        from bench.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(alias, location, modality, **kw)
+    raise ValueError(kind)

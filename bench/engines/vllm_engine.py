@@ -1,0 +1,200 @@
+"""vLLM's OpenAI server as the engine: started through `serve` (one at a time) or an existing endpoint.
+
+Requests go through `serve.client.stream_chat` (the project's one client) from a thread pool with
+`concurrency` workers, streaming, greedy, with the output length forced (`ignore_eos`, `min_tokens`).
+"""
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from bench import memory
+from bench.engines import Engine, error_from_log, one_line
+from bench.metrics import RequestResult
+from bench.workload import Request
+from core import catalog
+from core.errors import UserError
+
+
+def normalize_endpoint(url: str) -> str:
+    """'http://host:port', '.../v1' or '.../v1/' -> 'http://host:port/v1'."""
+    u = url.strip().rstrip("/")
+    if not u.startswith(("http://", "https://")):
+        u = "http://" + u
+    return u if u.endswith("/v1") else u + "/v1"
+
+
+_CORE_IDS = re.compile(r"core ids=\[([0-9, ]*)\]")
+
+
+def worker_threads(log_text: str) -> int | None:
+    """OpenMP threads of vLLM's CPU worker, from its thread-binding log lines ('core ids=[0, 1]')."""
+    m = _CORE_IDS.findall(log_text or "")
+    if not m:
+        return None
+    return len([x for x in m[-1].split(",") if x.strip()]) or None
+
+
+class VllmEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, alias: str, location: str, modality: str, endpoint: str | None = None,
+                 api_key: str | None = None, server_args: tuple[str, ...] = (), force: bool = False,
+                 start_timeout_s: float = 900, request_timeout_s: float = 600):
+        super().__init__(alias, location, modality)
+        self.endpoint = normalize_endpoint(endpoint) if endpoint else None
+        self.api_key = api_key
+        self.server_args = tuple(server_args)
+        self.force = force
+        self.start_timeout_s = start_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.server = None
+        self.base_url: str | None = None
+        self.model: str | None = None
+        self._pid: int | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        if self.endpoint:
+            self._connect()
+        else:
+            self._start()
+        self.info["base_url"] = self.base_url
+        self.info["served_model"] = self.model
+        threads = worker_threads(self.log_text())
+        if threads:
+            self.info["threads"] = threads
+
+    def _start(self) -> None:
+        from serve.server import start_server
+
+        name = self.alias if self.alias in catalog.VARIANTS else self.location
+        t0 = time.perf_counter()
+        self.server = start_server(name, extra_args=self.server_args, timeout_s=self.start_timeout_s,
+                                   progress=False, force=self.force)
+        self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True,
+                         argv=list(getattr(self.server, "argv", []) or []),
+                         log_path=str(getattr(self.server, "log_path", "") or ""))
+        self.base_url, self.model = self.server.base_url, self.server.model
+        self.api_key = getattr(self.server, "api_key", None) or self.api_key
+        self._pid = getattr(self.server, "pid", None)
+
+    def _connect(self) -> None:
+        from openai import OpenAI, OpenAIError
+
+        try:
+            names = [m.id for m in OpenAI(base_url=self.endpoint, api_key=self.api_key or "EMPTY",
+                                          timeout=30, max_retries=1).models.list().data]
+        except OpenAIError as e:
+            raise UserError(f"cannot reach the endpoint {self.endpoint} ({one_line(e, 160)})",
+                            "start a server with `python -m serve --model ALIAS`, or check --endpoint / --api-key") from None
+        if self.alias in names:
+            self.model = self.alias
+        elif len(names) == 1:
+            self.model = names[0]
+        else:
+            raise UserError(f"the endpoint {self.endpoint} serves {', '.join(names) or 'no model'}, not {self.alias}",
+                            "pass ALIAS=URL pairs to --endpoint, one per model")
+        self.base_url = self.endpoint
+        self._pid = memory.pid_listening_on(self.endpoint)
+        self.info.update(started_by_bench=False, server_pid_found=self._pid is not None)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    # ------------------------------------------------------------ requests
+
+    def _messages(self, req: Request) -> list[dict]:
+        from serve.client import image_part, user_message
+
+        if req.image is None:
+            return [user_message(req.text)]
+        try:
+            return [user_message(req.text, images=[req.image])]
+        except TypeError:  # a client that wants parts: build the image part ourselves
+            return [{"role": "user", "content": [image_part(req.image), {"type": "text", "text": req.text}]}]
+
+    def request(self, req: Request) -> RequestResult:
+        from serve.client import stream_chat
+
+        start = time.perf_counter()
+        try:
+            stats = None
+            for ev in stream_chat(self.base_url, self.model, self._messages(req), api_key=self.api_key,
+                                  max_tokens=req.output_len, temperature=0.0, ignore_eos=True,
+                                  min_tokens=req.output_len, timeout=self.request_timeout_s):
+                if ev.done:
+                    stats = ev.stats
+            if stats is None:
+                return RequestResult(False, start_s=start, error="the stream ended without a final event")
+            return RequestResult(True, ttft_s=stats.ttft_s, latency_s=stats.total_s,
+                                 output_tokens=int(stats.output_tokens or 0),
+                                 prompt_tokens=int(stats.prompt_tokens or 0),
+                                 itl_s=list(stats.itl_s or []), start_s=start)
+        except Exception as e:  # noqa: BLE001 - a failed request is data, recorded with its reason
+            msg = e.line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            return RequestResult(False, start_s=start, latency_s=time.perf_counter() - start, error=one_line(msg))
+
+    def run(self, requests: list[Request], concurrency: int,
+            on_done: Callable[[RequestResult], None] | None = None) -> tuple[list[RequestResult], float]:
+        results: list[RequestResult | None] = [None] * len(requests)
+
+        def one(i: int) -> None:
+            r = self.request(requests[i])
+            results[i] = r
+            if on_done:
+                on_done(r)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="bench-req") as pool:
+            list(pool.map(one, range(len(requests))))
+        return [r for r in results if r is not None], time.perf_counter() - t0
+
+    def answer(self, prompt: str, max_tokens: int) -> str:
+        from serve.client import chat, user_message
+
+        text, _ = chat(self.base_url, self.model, [user_message(prompt)], api_key=self.api_key,
+                       max_tokens=max_tokens, temperature=0.0, timeout=self.request_timeout_s)
+        return text
+
+    # ------------------------------------------------------------ measurements
+
+    def rss_bytes(self) -> int | None:
+        if self.server is not None:
+            return self.server.tree_rss_bytes()
+        if self._pid:
+            return memory.tree_rss_bytes(self._pid)
+        return None
+
+    def log_text(self) -> str:
+        p = self.info.get("log_path")
+        if not p:
+            return ""
+        try:
+            return Path(p).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def weights_gib_logged(self) -> float | None:
+        return memory.vllm_weights_gib(self.log_text())
+
+    def alive(self) -> bool:
+        if self.server is not None:
+            return self.server.alive()
+        return True
+
+    def failure_reason(self) -> str | None:
+        if self.server is None or self.server.alive():
+            return None
+        from serve.server import likely_cause
+
+        tail = self.server.log_tail(200)
+        cause, _ = likely_cause(tail, self.server.proc.returncode)
+        err = error_from_log("\n".join(tail))
+        detail = f" ({err})" if err and err not in cause else ""
+        return one_line(f"the vLLM server died: {cause}{detail}; log: {self.server.log_path}")

@@ -1,0 +1,300 @@
+"""The report: report.json (every raw number), report.md (variant x metric tables, ratios to the 16-bit
+baseline, roofline, quality, environment, the command to reproduce) and PNG plots.
+
+Everything derived (ratios, roofline, headline) is computed here from the raw numbers in the JSON,
+so a report can be re-rendered, and checked, from report.json alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.metrics import ratio
+from bench.roofline import roofline
+
+GB = 1e9
+GIB = 2**30
+
+
+# ---------------------------------------------------------------- derived numbers
+
+def baseline_of(report: dict) -> str | None:
+    """The first 16-bit variant that ran (ratios are relative to it)."""
+    for v in report.get("variants", []):
+        if v.get("is_16bit") and v.get("status") == "ok":
+            return v["alias"]
+    return None
+
+
+def run_of(v: dict, scenario: str, c: int | str) -> dict | None:
+    return (v.get("runs") or {}).get(scenario, {}).get(str(c))
+
+
+def bs1_decode_tok_s(v: dict, scenario: str = "text") -> float | None:
+    r = run_of(v, scenario, 1)
+    return r.get("decode_tok_s_per_stream") if r else None
+
+
+def bandwidth_for(report: dict, v: dict) -> float | None:
+    """The copy bandwidth with as many threads as the engine used (all cores when unknown)."""
+    bw = report.get("bandwidth") or {}
+    threads = (v.get("engine") or {}).get("threads") or (v.get("engine") or {}).get("torch_threads")
+    by = bw.get("by_threads") or {}
+    if threads and str(threads) in by:
+        return by[str(threads)]
+    return bw.get("gb_s")
+
+
+def top_concurrency(report: dict) -> int:
+    return max(report.get("settings", {}).get("concurrency") or [1])
+
+
+def derive(report: dict) -> dict:
+    """Headline rows (one per variant) with ratios to the baseline and the batch-1 roofline."""
+    base_alias = baseline_of(report)
+    variants = report.get("variants", [])
+    base = next((v for v in variants if v["alias"] == base_alias), None)
+    top = top_concurrency(report)
+    rows = []
+
+    def metric(v, key):
+        w = v.get("weights") or {}
+        mem = v.get("memory") or {}
+        disk = v.get("disk") or {}
+        r1 = run_of(v, "text", 1) or {}
+        rt = run_of(v, "text", top) or {}
+        ri = run_of(v, "image", 1) or {}
+        return {
+            "weights_disk_bytes": disk.get("weights_bytes"),
+            "bytes_per_token": w.get("bytes_per_token"),
+            "rss_peak_bytes": mem.get("rss_peak_bytes"),
+            "device_peak_bytes": mem.get("device_peak_bytes") or mem.get("gpu_used_peak_bytes"),
+            "decode_tok_s_bs1": r1.get("decode_tok_s_per_stream"),
+            "output_tok_s_bs1": r1.get("output_throughput"),
+            "output_tok_s_top": rt.get("output_throughput"),
+            "ttft_ms_bs1": r1.get("mean_ttft_ms"),
+            "tpot_ms_bs1": r1.get("mean_tpot_ms"),
+            "ttft_ms_image_bs1": ri.get("mean_ttft_ms"),
+        }[key]
+
+    keys = ("weights_disk_bytes", "bytes_per_token", "rss_peak_bytes", "device_peak_bytes", "decode_tok_s_bs1",
+            "output_tok_s_bs1", "output_tok_s_top", "ttft_ms_bs1", "tpot_ms_bs1", "ttft_ms_image_bs1")
+    for v in variants:
+        row = {"alias": v["alias"], "status": v.get("status"), "reason": v.get("reason"), "format": v.get("format")}
+        if v.get("status") == "ok":
+            for k in keys:
+                row[k] = metric(v, k)
+            row["roofline"] = roofline(row["bytes_per_token"], row["decode_tok_s_bs1"], bandwidth_for(report, v))
+            if base is not None:
+                row["x_baseline"] = {k: ratio(row[k], metric(base, k)) for k in keys}
+        rows.append(row)
+    return {"baseline": base_alias, "top_concurrency": top, "rows": rows}
+
+
+# ---------------------------------------------------------------- markdown
+
+def _f(x, nd: int = 1, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and x != x:  # NaN
+        return "–"
+    return f"{x:,.{nd}f}{unit}"
+
+
+def _gb(b) -> str:
+    """GB with 3 significant digits (tiny models' megabytes stay readable)."""
+    return "–" if b is None else f"{b / GB:.3g}"
+
+
+def _x(r) -> str:
+    return "–" if r is None else f"{r:.2f}x"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+def headline_table(report: dict, d: dict | None = None) -> list[str]:
+    d = d or derive(report)
+    top = d["top_concurrency"]
+    gpu = bool(((report.get("environment") or {}).get("hardware") or {}).get("gpus"))
+    mem_head = "device peak GB" if gpu else "RSS peak GB"
+    head = ["variant", "status", "weights on disk GB", "bytes read/token GB", mem_head, "bs1 decode tok/s",
+            "% of BW limit", f"c={top} out tok/s", "TTFT ms (bs1)", "TPOT ms (bs1)",
+            "decode x base", f"c={top} x base", "weights x base", "memory x base"]
+    rows = []
+    for r in d["rows"]:
+        if r["status"] != "ok":
+            rows.append([r["alias"], "**failed**", *["–"] * 12])
+            continue
+        xb = r.get("x_baseline") or {}
+        mem = r["device_peak_bytes"] if gpu else r["rss_peak_bytes"]
+        memx = xb.get("device_peak_bytes") if gpu else xb.get("rss_peak_bytes")
+        rows.append([r["alias"], "ok", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
+                     _f(r["decode_tok_s_bs1"]), _f(r["roofline"]["pct_of_limit"], 0, "%"),
+                     _f(r["output_tok_s_top"]), _f(r["ttft_ms_bs1"], 0), _f(r["tpot_ms_bs1"], 1),
+                     _x(xb.get("decode_tok_s_bs1")), _x(xb.get("output_tok_s_top")),
+                     _x(xb.get("weights_disk_bytes")), _x(memx)])
+    return _table(head, rows)
+
+
+def render_md(report: dict) -> str:
+    d = derive(report)
+    s = report.get("settings", {})
+    env = report.get("environment", {})
+    hw = env.get("hardware", {})
+    L: list[str] = []
+    L.append(f"# Benchmark: {', '.join(s.get('models', []))}")
+    L.append("")
+    L.append(f"{report.get('created', '')} · engine **{s.get('engine')}** · "
+             f"{'GPU: ' + ', '.join(g['name'] for g in hw.get('gpus', [])) if hw.get('gpus') else 'CPU: ' + str(hw.get('cpu_model'))}"
+             f" · baseline **{d['baseline'] or 'none (no 16-bit variant ran)'}**")
+    L.append("")
+    L.append(f"Workload: {s.get('prompts')} requests per concurrency level (at least one per slot), "
+             f"{s.get('input_len')} prompt tokens, {s.get('output_len')} output tokens forced "
+             f"(ignore_eos + min_tokens), greedy, streaming; concurrency {', '.join(map(str, s.get('concurrency', [])))}.")
+    L.append("")
+    if report.get("notes"):
+        L += ["## Findings", "", report["notes"].strip(), ""]
+    L += ["## Headline", ""]
+    L += headline_table(report, d)
+    L.append("")
+    L.append("bs1 decode tok/s = 1000 / mean TPOT at concurrency 1 (what one user sees once the answer streams); "
+             "% of BW limit = bs1 decode tok/s / (copy bandwidth / bytes read per token). "
+             "Ratios are variant / baseline (for TTFT/TPOT lower is better, for tok/s higher is better).")
+    L.append("")
+    failed = [r for r in d["rows"] if r["status"] != "ok"]
+    if failed:
+        L += ["## Failed variants", ""]
+        L += [f"- **{r['alias']}**: {r['reason']}" for r in failed]
+        L.append("")
+    # per-scenario tables
+    for scen in ("text", "image"):
+        vs = [v for v in report.get("variants", []) if v.get("status") == "ok" and (v.get("runs") or {}).get(scen)]
+        if not vs:
+            continue
+        L += [f"## Serving metrics: {'text only' if scen == 'text' else 'one image per request'}", ""]
+        head = ["variant", "c", "done/fail", "out tok/s", "req/s", "TTFT mean", "TTFT p50", "TTFT p99",
+                "TPOT mean", "TPOT p50", "TPOT p99", "ITL mean", "ITL p50", "ITL p99", "out tokens"]
+        rows = []
+        for v in vs:
+            for c, r in sorted(v["runs"][scen].items(), key=lambda kv: int(kv[0])):
+                rows.append([v["alias"], c, f"{r['completed']}/{r['failed']}", _f(r["output_throughput"]),
+                             _f(r["request_throughput"], 2), _f(r["mean_ttft_ms"], 0), _f(r["median_ttft_ms"], 0),
+                             _f(r["p99_ttft_ms"], 0), _f(r["mean_tpot_ms"]), _f(r["median_tpot_ms"]),
+                             _f(r["p99_tpot_ms"]), _f(r["mean_itl_ms"]), _f(r["median_itl_ms"]), _f(r["p99_itl_ms"]),
+                             r["total_output_tokens"]])
+        L += _table(head, rows)
+        L += ["", "Times in ms. TTFT, TPOT, ITL as `vllm bench serve` defines them; out tok/s = output tokens / "
+                  "wall time of the level.", ""]
+    # memory
+    L += ["## Memory", ""]
+    head = ["variant", "weights on disk GB", "folder GB", "RSS after start GB", "RSS peak GB", "vLLM weights GiB (log)",
+            "device peak GB"]
+    rows = []
+    for v in report.get("variants", []):
+        if v.get("status") != "ok":
+            continue
+        m, dsk = v.get("memory") or {}, v.get("disk") or {}
+        rows.append([v["alias"], _gb(dsk.get("weights_bytes")), _gb(dsk.get("folder_bytes")),
+                     _gb(m.get("rss_after_start_bytes")), _gb(m.get("rss_peak_bytes")),
+                     _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes"))])
+    L += _table(head, rows)
+    L += ["", "RSS = resident memory of the whole serving process tree (API server + engine workers), "
+              "sampled every 0.25 s.", ""]
+    # roofline
+    bw = report.get("bandwidth") or {}
+    L += ["## Roofline (batch-1 decode)", ""]
+    by = bw.get("by_threads") or {}
+    L.append(f"Measured copy bandwidth: {_f(bw.get('gb_s'))} GB/s"
+             + (" (" + ", ".join(f"{t} thread{'s' if t != '1' else ''}: {_f(g)}" for t, g in by.items()) + ")" if by else "")
+             + ". Bytes per token = decoder weights + LM head as stored (4-bit weights with their scales/zeros); "
+               "embeddings (one row per token) and the vision tower are not read per decoded token.")
+    L.append("")
+    head = ["variant", "bytes/token GB", "decoder linears GB", "LM head GB", "bandwidth GB/s", "limit tok/s",
+            "bs1 tok/s", "achieved GB/s", "% of limit"]
+    rows = []
+    for r, v in zip(d["rows"], report.get("variants", [])):
+        if v.get("status") != "ok":
+            continue
+        g = (v.get("weights") or {}).get("bytes_by_group") or {}
+        rf = r.get("roofline") or roofline((v.get("weights") or {}).get("bytes_per_token"), None, bandwidth_for(report, v))
+        rows.append([v["alias"], _gb(rf["bytes_per_token"]), _gb(g.get("decoder_linear")), _gb(g.get("lm_head")),
+                     _f(rf["bandwidth_gb_s"]), _f(rf["limit_tok_s"]), _f(rf["tok_s"]), _f(rf["achieved_gb_s"], 2),
+                     _f(rf["pct_of_limit"], 0, "%")])
+    L += _table(head, rows)
+    L.append("")
+    # quality
+    q = report.get("quality") or {}
+    if q:
+        L += ["## Quality: greedy answers vs the baseline", ""]
+        head = ["variant", "token match rate", "mean identical prefix (tokens)", "identical answers"]
+        L += _table(head, [[a, _f(100 * r["mean_match_rate"], 0, "%"), _f(r["mean_prefix"], 1),
+                            f"{r['exact']}/{r['prompts']}"] for a, r in q.items()])
+        L.append("")
+        L.append(f"{len(s.get('quality_prompts', []))} prompts, up to {s.get('quality_tokens')} tokens each. "
+                 "First prompt, first 120 characters of each answer:")
+        L.append("")
+        for v in report.get("variants", []):
+            if v.get("answers"):
+                L.append(f"- {v['alias']}: `{' '.join(v['answers'][0].split())[:120]}`")
+        L.append("")
+    # environment
+    L += ["## Environment", ""]
+    vers = env.get("versions") or {}
+    L.append(f"- hardware: {hw.get('cpu_model')}, {hw.get('cores')} cores, flags {' '.join(hw.get('cpu_flags', []))}, "
+             f"{hw.get('mem_total_gib')} GiB RAM" + (", GPUs: " + ", ".join(f"{g['name']} {g['memory_gib']} GiB" for g in hw.get("gpus", [])) if hw.get("gpus") else ""))
+    L.append(f"- W4A16 kernel here: {hw.get('cpu_int4_path') if not hw.get('gpus') else 'GPU'}")
+    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v) + f", python {env.get('python')}")
+    L.append(f"- platform: {env.get('platform')}; git commit {env.get('git_commit') or '?'}; "
+             f"load average at start {env.get('load_average')}")
+    if env.get("env"):
+        L.append("- env: " + " ".join(f"{k}={v}" for k, v in env["env"].items()))
+    for v in report.get("variants", []):
+        e = v.get("engine") or {}
+        bits = []
+        if e.get("argv"):
+            bits.append("`" + " ".join(e["argv"]) + "`")
+        for k in ("startup_s", "threads", "torch_threads", "linear_kernel", "compile", "compile_note", "base_url"):
+            if e.get(k) not in (None, "", []):
+                bits.append(f"{k}={_f(e[k]) if isinstance(e[k], float) else e[k]}")
+        if bits:
+            L.append(f"- {v['alias']}: " + "; ".join(bits))
+    L.append(f"- bench wall time: {_f(report.get('duration_s'), 0)} s")
+    L += ["", "Reproduce:", "", "```", env.get("command", "python -m bench"), "```", ""]
+    if (report.get("plots")):
+        L += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------- writing
+
+def write(report: dict, out: Path, overwrite: bool = False, plots: bool = True) -> Path:
+    """Write report.json, report.md and the plots into `out` atomically (temp folder, then rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report["derived"] = derive(report)
+        if plots:
+            from bench.plots import make_plots
+
+            report["plots"] = make_plots(report, tmp)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        (tmp / "report.md").write_text(render_md(report))
+        for f in [tmp, *tmp.iterdir()]:
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        if out.exists():
+            if not overwrite:
+                raise FileExistsError(out)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

