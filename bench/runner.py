@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import memory, quality, roofline, workload
-from bench.engines import make as make_engine, one_line
+from bench.engines import VariantFailed, make as make_engine, one_line
 from bench.metrics import summarize
 from core import catalog
 from core.errors import UserError
@@ -36,6 +36,7 @@ class Settings:
     output_len: int = 64
     image: str | None = None
     quality_tokens: int = 32
+    quality_prompts: int = len(workload.QUALITY_PROMPTS)
     server_args: list[str] = field(default_factory=list)
     force: bool = False
     compile: str = "auto"
@@ -132,7 +133,7 @@ class Runner:
 
     def steps(self, entry: dict) -> int:
         scen = 2 if (entry["modality"] == "vl") else 1
-        return sum(self.s.requests_per_level(c) for c in self.s.concurrency) * scen + len(workload.QUALITY_PROMPTS)
+        return sum(self.s.requests_per_level(c) for c in self.s.concurrency) * scen + self.s.quality_prompts
 
     def _endpoint(self, alias: str) -> str | None:
         return self.s.endpoints.get(alias) or self.s.endpoints.get("*")
@@ -162,7 +163,8 @@ class Runner:
             "settings": {
                 "engine": s.engine, "models": s.models, "concurrency": s.concurrency, "prompts": s.prompts,
                 "input_len": s.input_len, "output_len": s.output_len, "image": s.image or "built-in test picture",
-                "quality_tokens": s.quality_tokens, "quality_prompts": list(workload.QUALITY_PROMPTS),
+                "quality_tokens": s.quality_tokens,
+                "quality_prompts": list(workload.QUALITY_PROMPTS[: s.quality_prompts]),
                 "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
                 "compile": s.compile, "backend": s.backend, "threads": s.threads,
             },
@@ -253,9 +255,9 @@ class Runner:
                             rec["raw"][sc.name][str(c)] = [r.as_dict() for r in results]
                             if summary["completed"] == 0:
                                 why = engine.failure_reason() or (summary.get("errors") or ["every request failed"])[0]
-                                raise RuntimeError(why)
+                                raise VariantFailed(why)
                     self._status(f"{alias}: quality prompts")
-                    for p in workload.QUALITY_PROMPTS:
+                    for p in workload.QUALITY_PROMPTS[: s.quality_prompts]:
                         rec["answers"].append(engine.answer(p, s.quality_tokens))
                         done += 1
                         self._advance()
@@ -271,6 +273,8 @@ class Runner:
             rec["status"], rec["reason"] = "ok", None
         except UserError as e:
             rec["reason"] = one_line(e.line().removeprefix("error: "))
+        except VariantFailed as e:
+            rec["reason"] = one_line(str(e))
         except Exception as e:  # noqa: BLE001 - one variant's failure is a result, the run goes on
             if s.debug:
                 traceback.print_exc()
@@ -287,6 +291,11 @@ class Runner:
         return rec
 
     def _engine(self, entry: dict):
+        engine = self._make_engine(entry)
+        engine.debug = self.s.debug
+        return engine
+
+    def _make_engine(self, entry: dict):
         s = self.s
         if s.engine == "vllm":
             return make_engine("vllm", entry["alias"], entry["location"], entry["modality"],

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _stop_on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where the shell ignored SIGINT
 
+    from core.hardware import detect
     from demo.app import Settings, build_app, launch
     from serve.server import plan
 
@@ -217,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
             plan(name, api_key=api_key)  # every check serve makes (alias, files, W4A16 here) before any start
     settings = Settings(max_tokens=args.max_tokens, max_image_bytes=int(args.max_image_mb * 2**20),
                         timeout_s=args.timeout)
-    from core.hardware import detect
-
     share_gpu = detect().has_gpu and not args.endpoint and compare_on and not args.compare_endpoint
     with ExitStack() as stack:
         started = []
@@ -239,13 +238,21 @@ def main(argv: list[str] | None = None) -> int:
             if targets[1].label == targets[0].label:  # e.g. one endpoint passed twice
                 targets[1].label += " (2)"
         app = build_app(targets, settings)
-        url = launch(app, host=args.host, port=port, auth=auth, share=args.share, debug=args.debug,
-                     max_file_mb=max(4 * args.max_image_mb, 20))
+        try:
+            url = launch(app, host=args.host, port=port, auth=auth, share=args.share, debug=args.debug,
+                         max_file_mb=max(4 * args.max_image_mb, 20))
+        except OSError as e:  # e.g. the port was taken while the servers started
+            raise UserError(f"the page cannot listen on {args.host}:{port} ({e})",
+                            "pick another --port (0: any free port)") from None
         stack.callback(app.close)
         shown = " vs ".join(f"{t.label} at {t.base_url}" for t in targets)
         print(f"demo: running at {url} ({shown}) — Ctrl-C to stop", flush=True)
-        if getattr(app, "share_url", None):
-            print(f"demo: public link {app.share_url}", flush=True)
+        if args.share:
+            if getattr(app, "share_url", None):
+                print(f"demo: public link {app.share_url}", flush=True)
+            else:
+                print("warning: --share made no public link (Gradio's reason is above); the page is local only",
+                      file=sys.stderr, flush=True)
         if auth and not isinstance(auth, tuple):
             print("demo: log in with any user name and the API key as password", flush=True)
         warned = set()

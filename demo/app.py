@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -153,6 +153,20 @@ def _answer_text(target: Target, o: _Outcome) -> str:
     return (o.text + " " + PENDING) if o.text else PENDING
 
 
+def mark_stopped(chat: list[dict] | None) -> list[dict]:
+    """After the stop button: an answer still marked pending ends with "(stopped)" instead."""
+    chat = list(chat or [])
+    if not chat or chat[-1].get("role") != "assistant":
+        return chat
+    content = chat[-1].get("content")
+    if isinstance(content, list):  # Gradio's normalized form: [{"type": "text", "text": ...}, ...]
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if isinstance(content, str) and content.endswith(PENDING):
+        text = content[: -len(PENDING)].rstrip()
+        chat[-1] = {"role": "assistant", "content": (text + "\n\n" if text else "") + "*(stopped)*"}
+    return chat
+
+
 # ---------------------------------------------------------------- the page
 
 CSS = """
@@ -254,13 +268,17 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
                                  args=(t, request_messages(hist[i], user, settings), settings, i, q, cancel)).start()
             yield frame(gr.MultimodalTextbox(value=None, interactive=False), "", chat_values, hist)
             try:
-                last = 0.0
+                last, dirty = 0.0, False
                 while not all(o.done for o in outcomes):
-                    try:
-                        batch = [q.get(timeout=settings.timeout_s + 30)]
-                    except queue.Empty:  # a worker that never reported: end with a message, not a spinner
-                        batch = [(i, _Outcome(o.text, error="error: no answer in time — check the server", done=True))
-                                 for i, o in enumerate(outcomes) if not o.done]
+                    try:  # with an update not yet drawn, wait only until it is due
+                        batch = [q.get(timeout=max(0.0, last + UI_REFRESH_S - time.monotonic()) if dirty
+                                       else settings.timeout_s + 30)]
+                    except queue.Empty:
+                        if not dirty:  # a worker that never reported: end with a message, not a spinner
+                            batch = [(i, _Outcome(o.text, error="error: no answer in time — check the server",
+                                                  done=True)) for i, o in enumerate(outcomes) if not o.done]
+                        else:
+                            batch = []
                     while True:  # take everything already waiting, then draw once
                         try:
                             batch.append(q.get_nowait())
@@ -268,10 +286,11 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
                             break
                     for idx, o in batch:
                         outcomes[idx] = o
+                    dirty = dirty or bool(batch)
                     now = time.monotonic()
                     if now - last < UI_REFRESH_S and not any(o.done for _, o in batch):
                         continue
-                    last = now
+                    last, dirty = now, False
                     for c, t, out in zip(chat_values, targets, outcomes):
                         c[-1] = {"role": "assistant", "content": _answer_text(t, out)}
                     yield frame(gr.MultimodalTextbox(interactive=False), "", chat_values, hist)
@@ -291,7 +310,10 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
 
         event = box.submit(respond, [box, histories, *chats], [box, status, histories, *chats],
                            concurrency_limit=4, show_progress="hidden")
-        box.stop(lambda: gr.MultimodalTextbox(interactive=True), None, [box], cancels=[event])
+        def stopped(*chat_values):
+            return (gr.MultimodalTextbox(interactive=True), *[mark_stopped(c) for c in chat_values])
+
+        box.stop(stopped, chats, [box, *chats], cancels=[event])
 
         def reset():
             return ("", [[] for _ in targets], *([[]] * len(targets)))

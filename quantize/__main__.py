@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# Busy-waiting OpenMP threads make every torch op crawl (20x measured) whenever the cores are shared with other
+# busy processes; passive waiting costs next to nothing on an idle machine. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from core import catalog
 from core.cli import add_common

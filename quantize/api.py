@@ -84,10 +84,14 @@ def _base_folder(resolved: catalog.Resolved) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(resolved.location, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+        return Path(snapshot_download(resolved.location, local_files_only=_offline()))
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot download {resolved.location} ({type(e).__name__})",
                         "check the Hub id and the network, or pass a local folder") from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _push_preflight(repo: str | None, formats: list[str]) -> dict[str, str]:
@@ -96,7 +100,7 @@ def _push_preflight(repo: str | None, formats: list[str]) -> dict[str, str]:
         return {}
     if not catalog.looks_like_hub_id(repo):
         raise UserError(f"--push-to-hub needs a Hub repo id like org/name, got '{repo}'", "e.g. --push-to-hub me/model")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _offline():
         raise UserError("--push-to-hub needs the network but HF_HUB_OFFLINE is set",
                         "unset HF_HUB_OFFLINE and log in with `hf auth login`, or leave --push-to-hub out")
     from huggingface_hub import HfApi, get_token
@@ -206,7 +210,9 @@ def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str
 
     rec, dev, kwargs = settings(recipe, device=device, device_map=device_map,
                                 cuda_available=torch.cuda.is_available(), **recipe_overrides)
-    local_corpus = bool(resolved.variant and resolved.variant.family.local_only)
+    # tiny local models (catalog entries, or copies of their folders) calibrate on text found on this machine
+    local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
+        bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
 
     # ---- calibration
     from transformers import AutoTokenizer
@@ -214,8 +220,15 @@ def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str
     try:
         tok = AutoTokenizer.from_pretrained(resolved.location)
     except Exception as e:  # noqa: BLE001
+        if resolved.source == "hub":
+            raise UserError(f"cannot download {resolved.location} from the Hub ({type(e).__name__})",
+                            "check the network (HF_HUB_OFFLINE=1 blocks downloads) or pass a local model folder") \
+                from None
         raise UserError(f"cannot load the tokenizer of {resolved.location} ({type(e).__name__})",
                         "the model folder needs tokenizer.json / tokenizer_config.json") from None
+    if dataset is None and not local_corpus and _offline():
+        raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) needs the "
+                        "network but HF_HUB_OFFLINE is set", "pass --dataset with a local .txt/.jsonl/.json file")
     cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
                               local_corpus=local_corpus)
     log(f"model {resolved.name} ({arch}, {resolved.source}: {resolved.location})")

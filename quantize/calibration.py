@@ -159,11 +159,11 @@ def prepare(dataset: str | None, *, tokenizer, nsamples: int, seqlen: int, local
     if dataset is None:
         from core import tiny
 
-        docs = tiny.corpus()
+        docs = tiny.corpus(max_chars=min(1_500_000, max(300_000, nsamples * seqlen * 8)))  # ~4 chars a token
         # the last docs are held out for verify; calibration comes from the rest, read from the front, in the
         # chat format the tiny models were trained on (what they will be asked at serving time)
         held, docs = docs[-held_out * 4:], docs[:-held_out * 4]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in tiny.chat_samples(docs)]
+        texts = (tokenizer.apply_chat_template(c, tokenize=False) for c in tiny.chat_samples(docs))
         images, source = 0, "local corpus: Python standard library docstrings as chats (core.tiny.corpus)"
     else:
         texts, images = read_file(dataset)

@@ -154,10 +154,15 @@ def _auto_cls(modality: str):
     return AutoModelForImageTextToText if modality == "vl" else AutoModelForCausalLM
 
 
-def load_base(path: Path, modality: str, device: str):
+def compute_dtype(device: str):
+    """bf16 on a GPU; float32 on a CPU (bf16 matmuls are emulated, and slow, on CPUs without AVX-512 bf16)."""
     import torch
 
-    m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device)
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_base(path: Path, modality: str, device: str):
+    m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device)
     return m.eval()
 
 
@@ -169,11 +174,11 @@ def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path
     if qc.get("quant_method") in ("auto-round", "gptq"):
         from transformers import AutoRoundConfig
 
-        m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device,
+        m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device,
                                                 quantization_config=AutoRoundConfig(backend="auto"))
         return m.eval(), "transformers + AutoRoundConfig"
     if qc.get("quant_method") == "compressed-tensors":
-        m = _auto_cls(modality).from_pretrained(path, dtype=torch.bfloat16, device_map=device)
+        m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device)
         return m.eval(), "transformers (compressed-tensors)"
     if qc.get("quant_method") == "awq":
         return load_dequantized(path, base_dir, modality, device), "packed AWQ int4 dequantized here"

@@ -183,7 +183,18 @@ def stream_chat(base_url: str, model: str | None, messages: list[dict], *, api_k
                 min_tokens: int | None = None, timeout: float = 300.0, client=None, **params) -> Iterator[Event]:
     """Stream one chat completion. Yields an Event per text chunk, then a final Event(done=True, stats=...).
     `model=None` asks the server which model it serves. Extra `params` go to the request as they are."""
+    own = client is None
     cl = client or make_client(base_url, api_key, timeout)
+    try:
+        yield from _stream(cl, base_url, model, messages, max_tokens=max_tokens, temperature=temperature,
+                           ignore_eos=ignore_eos, min_tokens=min_tokens, api_key=api_key, **params)
+    finally:
+        if own:
+            cl.close()
+
+
+def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_tokens: int, temperature: float,
+            ignore_eos: bool, min_tokens: int | None, api_key: str | None, **params) -> Iterator[Event]:
     if model is None:
         models = served_models(base_url, api_key, client=cl)
         if not models:
@@ -199,6 +210,7 @@ def stream_chat(base_url: str, model: str | None, messages: list[dict], *, api_k
     finish = None
     t0 = time.perf_counter()
     t_first = t_last = None
+    stream = None
     try:
         stream = cl.chat.completions.create(
             model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
@@ -229,6 +241,9 @@ def stream_chat(base_url: str, model: str | None, messages: list[dict], *, api_k
             raise UserError(f"the server at {base_url} stopped mid-answer (after {chunks} chunks){detail}",
                             "it probably stopped or crashed: check its log") from None
         raise _user_error(e, base_url, model) from None
+    finally:
+        if stream is not None:  # also when the caller stops early: the server aborts the request
+            stream.close()
     if finish is None and usage is None:  # the stream ended without its last chunk
         raise UserError(f"the server at {base_url} stopped mid-answer (after {chunks} chunks)",
                         "it probably stopped or crashed: check its log")

@@ -104,6 +104,14 @@ def _bind_host(host: str) -> str:
     return "127.0.0.1" if h == "localhost" else h
 
 
+def _connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host`."""
+    h = host.strip("[]")
+    if h in ("", "0.0.0.0", "localhost"):
+        return "127.0.0.1"
+    return "::1" if h == "::" else h
+
+
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
@@ -301,9 +309,8 @@ def launch(lp: Launch, *, run_dir: str | Path | None = None, timeout_s: float = 
             lp.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run,
             start_new_session=True,
             preexec_fn=_parent_death_signal if threading.current_thread() is threading.main_thread() else None)
-    connect = "127.0.0.1" if opts.host in ("0.0.0.0", "localhost") or is_loopback(opts.host) else (
-        "::1" if opts.host in ("::", "[::]") else opts.host)
-    url_host = f"[{connect.strip('[]')}]" if ":" in connect else connect
+    connect = _connect_host(opts.host)
+    url_host = f"[{connect}]" if ":" in connect else connect
     srv = Server(base_url=f"http://{url_host}:{opts.port}/v1", model=opts.served_name or lp.info.served_name,
                  api_key=opts.api_key, log_path=log_path, argv=lp.argv, pid=proc.pid, command=lp.command,
                  proc=proc, host=opts.host, port=opts.port)

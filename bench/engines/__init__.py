@@ -19,6 +19,7 @@ ENGINES = ("vllm", "transformers")
 
 class Engine:
     kind = "?"
+    debug = False  # print tracebacks of failed requests (--debug)
 
     def __init__(self, alias: str, location: str, modality: str):
         self.alias, self.location, self.modality = alias, location, modality
@@ -52,6 +53,10 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class VariantFailed(Exception):
+    """A variant could not be measured; the message is the one-line reason recorded in the report."""
 
 
 def one_line(text: str, limit: int = 300) -> str:

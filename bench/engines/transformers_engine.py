@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
-from bench.engines import Engine, one_line
+from bench.engines import Engine, VariantFailed, one_line
 from bench.metrics import RequestResult
 from bench.workload import Request
 
@@ -100,6 +101,11 @@ class TransformersEngine(Engine):
                          linear_kernel=self._linear_kernel())
         if method in QUANT_METHODS_VIA_AUTOROUND:
             self.info["autoround_backend_requested"] = self.backend
+            kernel = self.info["linear_kernel"]
+            if ".fake." in kernel or kernel.endswith(".Linear"):
+                raise VariantFailed(f"AutoRound has no {self.device.upper()} kernel installed for this {method} "
+                                    f"checkpoint: it loaded {kernel}, which cannot run it "
+                                    "(on CPU, the auto-round-lib package provides one)")
         self._setup_compile()
         self.info["startup_s"] = time.perf_counter() - t0
         if self.device == "cuda":
@@ -210,6 +216,8 @@ class TransformersEngine(Engine):
                 self._generate(inputs, batch[0].output_len, batch[0].output_len, clock)
                 err = None
             except Exception as e:  # noqa: BLE001 - a failed batch is recorded, not raised
+                if self.debug:
+                    traceback.print_exc()
                 err = one_line(f"{type(e).__name__}: {e}")
             prompt_lens = inputs["attention_mask"].sum(dim=1).tolist()
             for i in range(n_real):

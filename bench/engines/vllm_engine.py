@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -137,6 +138,8 @@ class VllmEngine(Engine):
                                  prompt_tokens=int(stats.prompt_tokens or 0),
                                  itl_s=list(stats.itl_s or []), start_s=start)
         except Exception as e:  # noqa: BLE001 - a failed request is data, recorded with its reason
+            if self.debug and not isinstance(e, UserError):
+                traceback.print_exc()
             msg = e.line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             return RequestResult(False, start_s=start, latency_s=time.perf_counter() - start, error=one_line(msg))
 

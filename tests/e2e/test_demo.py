@@ -7,7 +7,7 @@
   next to the shared tiny-vl server. Where vLLM can serve W4A16 here, that is tiny-vl-gptq next to its
   16-bit base; on a CPU without the int4 kernel (AVX2 only) it is a second tiny-vl server (same weights,
   so greedy answers must match). Then that server is frozen (SIGSTOP): its column shows a timeout error
-  while the other still answers, no spinner left; after SIGCONT it answers again; Ctrl-C (SIGINT) ends
+  while the other still answers, no spinner left; the stop button ends a wait at once; after SIGCONT it answers again; Ctrl-C (SIGINT) ends
   the demo and the server it started, and leaves the shared server alone (SIGTERM: test_chat_in_browser).
 - test_cli_errors: user mistakes end in one line and a non-zero exit, before anything starts.
 
@@ -143,7 +143,7 @@ def send(page, text: str, files: list[Path] = ()):
         page.locator("#demo-input input[type=file]").set_input_files([str(f) for f in files])
         page.wait_for_function(
             "n => document.querySelectorAll('#demo-input .thumbnail-item').length >= n", arg=len(files),
-            timeout=30_000)
+            timeout=60_000)
     box = page.locator("#demo-input textarea")
     box.fill(text)
     box.press("Enter")
@@ -240,12 +240,12 @@ def test_chat_in_browser(server, browser, shots, tmp_path):
         page = open_page(browser, demo.url())
         assert page.locator("#chat-1").count() == 0  # one model: one chat
         assert "tiny-vl" in page.locator("#chat-0").inner_text()
-        page.get_by_text("Which fruit sold the most").first.wait_for(timeout=30_000)  # examples are offered
+        page.get_by_text("Which fruit sold the most").first.wait_for(timeout=60_000)  # examples are offered
 
         # an image and a question: the answer streams in, with the variant and its speed under it
         page.evaluate(WATCH_JS)
         send(page, "Which fruit sold the most?", [EXAMPLES / "bar_chart.png"])
-        page.wait_for_selector("#chat-0 [data-testid='user'] img", timeout=30_000)
+        page.wait_for_selector("#chat-0 [data-testid='user'] img", timeout=60_000)
         [answer] = wait_answers(page, [0], 1)
         assert_answer(answer, "tiny-vl")
         seen = page.evaluate("window.__seen")
@@ -270,7 +270,7 @@ def test_chat_in_browser(server, browser, shots, tmp_path):
                           (big, "error: big.png is 1.")]:
             send(page, "What is this?", [f])
             page.wait_for_function(
-                "t => document.querySelector('#demo-status').innerText.includes(t)", arg=expect, timeout=30_000)
+                "t => document.querySelector('#demo-status').innerText.includes(t)", arg=expect, timeout=60_000)
             assert "send" in status_text(page) or "pass a PNG" in status_text(page)
             assert len(bot_messages(page, 0)) == 2, "a rejected upload must not reach the model"
             assert page.locator("#demo-input .thumbnail-item").count() == 0  # the bad file is taken out
@@ -289,7 +289,7 @@ def test_chat_in_browser(server, browser, shots, tmp_path):
         page.screenshot(path=str(shots / "chat-multi-turn.png"), full_page=True)
 
         page.locator("#demo-clear").click()
-        page.wait_for_function("() => !document.querySelector(\"#chat-0 [data-testid='bot']\")", timeout=30_000)
+        page.wait_for_function("() => !document.querySelector(\"#chat-0 [data-testid='bot']\")", timeout=60_000)
         send(page, "Hello after clearing.")
         assert_answer(wait_answers(page, [0], 1)[0], "tiny-vl")
         page.close()
@@ -320,7 +320,7 @@ def test_compare_and_server_lifecycle(server, artifact, browser, shots):
         # an example from the page: the same message goes to both, both answers stream with their speed
         page.get_by_text("What does the sign say").click()
         page.wait_for_function("() => document.querySelectorAll('#demo-input .thumbnail-item').length == 1",
-                               timeout=30_000)
+                               timeout=60_000)
         page.locator("#demo-input textarea").press("Enter")
         left, right = wait_answers(page, [0, 1], 1)
         assert_answer(left, labels[0])
@@ -342,11 +342,22 @@ def test_compare_and_server_lifecycle(server, artifact, browser, shots):
             assert "did not answer in time" in status_text(page)
             assert waited < 60, f"the error took {waited:.0f} s (timeout 12 s)"
             page.screenshot(path=str(shots / "compare-server-stopped.png"), full_page=True)
+
+            # still frozen: the stop button ends the wait at once
+            send(page, "Never mind, stop.")
+            page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-1 [data-testid='bot']\");"
+                                   " return b.length >= 3 && /tokens\\/s/.test(b[b.length - 1].innerText); }",
+                                   timeout=60_000)
+            page.locator("#demo-input button[aria-label='Stop']").click()
+            page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-0 [data-testid='bot']\");"
+                                   " return b.length >= 3 && b[b.length - 1].innerText.includes('(stopped)'); }",
+                                   timeout=10_000)
+            assert page.locator("#demo-input textarea").is_enabled()
         finally:
             for p in engines:
                 p.resume()
         send(page, "Back again?")
-        left, _ = wait_answers(page, [0, 1], 3)
+        left, _ = wait_answers(page, [0, 1], 4)
         assert_answer(left, labels[0])
         page.close()
 

@@ -88,6 +88,39 @@ def test_light_makes_three_complete_linted_verified_formats(artifact, base):
     assert not (REPO / "ar_work_space").exists()
 
 
+def test_rtn_with_a_local_dataset_to_compressed_tensors(tmp_path):
+    """The rtn recipe, a user's .jsonl calibration file (its hash in the card) and the fourth format."""
+    from core import tiny
+
+    from quantize.api import quantize, read_report
+
+    docs = tiny.corpus(max_chars=200_000)
+    data = tmp_path / "calib.jsonl"
+    data.write_text("\n".join(json.dumps({"text": d}) for d in docs[:400]) + "\n")
+    out = quantize("tiny-text", ["compressed-tensors"], "rtn", dataset=str(data), output=str(tmp_path / "out"))
+    folder = out["compressed-tensors"]
+    assert folder == tmp_path / "out" / "tiny-text-ct"
+    rep = _check_artifact_ct(folder)
+    assert rep["calibration"]["source"] == str(data.resolve()) and len(rep["calibration"]["sha256"]) == 64
+    assert rep["recipe"]["iters"] == 0
+    r = rep["verify"]["results"]
+    # plain RTN exported and RTN computed here are the same rounding
+    assert abs(r["compressed-tensors"]["kl_mean"] - r["rtn"]["kl_mean"]) < 1e-4
+    assert read_report(folder)["format"] == "compressed-tensors"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-text-ct"]
+
+
+def _check_artifact_ct(folder: Path) -> dict:
+    report = json.loads((folder / "quantization_report.json").read_text())
+    problems = lint.lint_folder(folder, "compressed-tensors", "text", catalog.TEXT_ARCH,
+                                expected_4bit=report["layout"]["linears_4bit"], require_card=True)
+    assert lint.errors(problems) == [], problems
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and "lm_head" in qc["ignore"]
+    assert report["calibration"]["sha256"] in (folder / "README.md").read_text()
+    return report
+
+
 def test_export_reloads_in_transformers_on_its_own(artifact, tmp_path):
     """A copied folder (nothing else around it) loads with plain transformers + AutoRoundConfig and generates."""
     import shutil
@@ -144,7 +177,7 @@ def test_ctrl_c_mid_tuning_leaves_previous_artifact_and_no_temp(artifact, tmp_pa
     reader.join(timeout=10)
     text = buf.decode(errors="replace")
     assert p.returncode == 130, text[-3000:]
-    assert text.rstrip().endswith("interrupted") and "Traceback" not in text, text[-3000:]
+    assert "interrupted" in text[-500:] and "Traceback" not in text, text[-3000:]
     assert _tree_digest(out / "tiny-vl-gptq") == before
     assert sorted(x.name for x in out.iterdir()) == ["tiny-vl-gptq"]  # no temp folder left
     assert list(cwd.iterdir()) == []  # AutoRound's work space did not land in the cwd
@@ -173,6 +206,8 @@ def _bad_model(tmp_path: Path, kind: str) -> str:
         (d / "config.json").write_text(json.dumps(cfg))
     elif kind == "corrupt-config":
         (d / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"], ')
+    elif kind == "plain-copy":  # a real-model-like folder: no tiny marker, so AutoRound's default dataset
+        (d / "tiny_model.json").unlink()
     elif kind == "corrupt-weights":
         w = d / "model.safetensors"
         w.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
@@ -195,6 +230,9 @@ def _bad_model(tmp_path: Path, kind: str) -> str:
     ("output exists", ["--model", "tiny-vl", "--formats", "gptq"], "output exists"),
     ("push offline", ["--model", "tiny-text", "--push-to-hub", "me/tiny", "--output", "@empty"],
      "--push-to-hub needs the network but HF_HUB_OFFLINE is set"),
+    ("hub model offline", ["--model", "vl-fp16", "--recipe", "rtn"], "cannot download Qwen/Qwen3-VL-8B-Instruct"),
+    ("hub id offline", ["--model", "Qwen/Qwen3-0.6B"], "cannot read the config of Hub model Qwen/Qwen3-0.6B"),
+    ("offline, no dataset", ["--model", "@plain-copy", "--output", "@empty"], "no --dataset given"),
     ("no cuda", ["--model", "tiny-text", "--device", "cuda", "--output", "@empty"], "no CUDA GPU"),
 ])
 def test_bad_input_is_one_line_and_nonzero(artifact, tmp_path, capsys, monkeypatch, case, argv, expect):

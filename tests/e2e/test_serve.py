@@ -163,7 +163,7 @@ def test_vl_image_chat(server):
                     max_tokens=4)
     assert stats.prompt_tokens > plain.prompt_tokens + 3  # the image's tokens reached the model
     two, st2 = chat(srv.base_url, srv.model,
-                    [user_message("Compare.", [image_part(png_bytes()), png_bytes((0, 0, 255), (64, 64))])],
+                    [user_message("What colour is this?", [image_part(png_bytes()), png_bytes((0, 0, 255), (64, 64))])],
                     api_key=srv.api_key, max_tokens=8)
     assert two and st2.prompt_tokens > stats.prompt_tokens
 
@@ -311,6 +311,24 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
                 p.kill()
             except psutil.Error:
                 pass
+
+
+def test_cli_reports_vllm_dying_at_start(artifact, tmp_path):
+    """vLLM exits while starting: the CLI shows its log's last lines, one error line with the likely
+    cause and the log path, exits 1, and leaves no process."""
+    bad = tmp_path / "short-context"
+    shutil.copytree(artifact("tiny-text"), bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["max_position_embeddings"] = 64  # vLLM refuses --max-model-len 2048 for it
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = run_mod("serve", "--model", str(bad), "--port", "0", "--max-model-len", "2048", timeout=START_TIMEOUT_S)
+    assert r.returncode == 1, r.stderr
+    *context, last = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert last.startswith("error: vLLM exited") and "context length" in last and "full log: " in last
+    assert "last lines of vLLM's log:" in context and any("max_model_len" in ln for ln in context)
+    assert Path(last.rsplit("full log: ", 1)[1]).is_file()
+    assert "Traceback" not in last
+    assert not vllm_procs_for(str(bad))
 
 
 # ---------------------------------------------------------------- W4A16 formats
