@@ -13,6 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export PYTHONUNBUFFERED ?= 1
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps
 

@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=8, help="requests per level (at least one per slot; default 8)")
     p.add_argument("--input-len", type=int, default=128, help="prompt tokens per request (default 128)")
     p.add_argument("--output-len", type=int, default=64, help="output tokens per request, forced (default 64)")
+    p.add_argument("--seed", type=int, help="where the prompts start in the local text (default: random per run, "
+                                            "so a long-running server's prefix cache never serves a repeat)")
     p.add_argument("--image", help="image for the with-image run of VL models (default: a built-in test picture)")
     p.add_argument("--quality-tokens", type=int, default=32, help="max tokens of each greedy quality answer (default 32)")
     p.add_argument("--quality-prompts", type=int, default=len(QUALITY_PROMPTS),
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         concurrency=conc, prompts=args.prompts, input_len=args.input_len, output_len=args.output_len,
                         image=args.image, quality_tokens=args.quality_tokens,
                         quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
-                        server_args=list(args.server_arg), force=args.force, compile=args.compile, backend=args.backend, threads=args.threads,
+                        server_args=list(args.server_arg), force=args.force, seed=args.seed, compile=args.compile, backend=args.backend, threads=args.threads,
                         debug=args.debug)
     bar = None
     if not args.no_progress:

@@ -72,6 +72,7 @@ def derive(report: dict) -> dict:
             "bytes_per_token": w.get("bytes_per_token"),
             "rss_peak_bytes": mem.get("rss_peak_bytes"),
             "device_peak_bytes": mem.get("device_peak_bytes") or mem.get("gpu_used_peak_bytes"),
+            "weights_loaded_bytes": (v.get("engine") or {}).get("weights_bytes_loaded"),
             "decode_tok_s_bs1": r1.get("decode_tok_s_per_stream"),
             "output_tok_s_bs1": r1.get("output_throughput"),
             "output_tok_s_top": rt.get("output_throughput"),
@@ -80,7 +81,8 @@ def derive(report: dict) -> dict:
             "ttft_ms_image_bs1": ri.get("mean_ttft_ms"),
         }[key]
 
-    keys = ("weights_disk_bytes", "bytes_per_token", "rss_peak_bytes", "device_peak_bytes", "decode_tok_s_bs1",
+    keys = ("weights_disk_bytes", "bytes_per_token", "rss_peak_bytes", "device_peak_bytes", "weights_loaded_bytes",
+            "decode_tok_s_bs1",
             "output_tok_s_bs1", "output_tok_s_top", "ttft_ms_bs1", "tpot_ms_bs1", "ttft_ms_image_bs1")
     for v in variants:
         row = {"alias": v["alias"], "status": v.get("status"), "reason": v.get("reason"), "format": v.get("format")}
@@ -119,11 +121,21 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def memory_column(report: dict) -> tuple[str, str]:
+    """The memory figure of the headline: device peak on a GPU; on a CPU the serving process tree's
+    resident peak (vLLM), or the weights as loaded in memory (transformers: the bench's own process
+    also holds the previous variants' allocator leftovers, so its RSS is shown in the memory table only)."""
+    if ((report.get("environment") or {}).get("hardware") or {}).get("gpus"):
+        return "device_peak_bytes", "device peak GB"
+    if (report.get("settings") or {}).get("engine") == "transformers":
+        return "weights_loaded_bytes", "weights in memory GB"
+    return "rss_peak_bytes", "RSS peak GB"
+
+
 def headline_table(report: dict, d: dict | None = None) -> list[str]:
     d = d or derive(report)
     top = d["top_concurrency"]
-    gpu = bool(((report.get("environment") or {}).get("hardware") or {}).get("gpus"))
-    mem_head = "device peak GB" if gpu else "RSS peak GB"
+    mem_key, mem_head = memory_column(report)
     head = ["variant", "status", "weights on disk GB", "bytes read/token GB", mem_head, "bs1 decode tok/s",
             "% of BW limit", f"c={top} out tok/s", "TTFT ms (bs1)", "TPOT ms (bs1)",
             "decode x base", f"c={top} x base", "weights x base", "memory x base"]
@@ -133,8 +145,7 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
             rows.append([r["alias"], "**failed**", *["–"] * 12])
             continue
         xb = r.get("x_baseline") or {}
-        mem = r["device_peak_bytes"] if gpu else r["rss_peak_bytes"]
-        memx = xb.get("device_peak_bytes") if gpu else xb.get("rss_peak_bytes")
+        mem, memx = r[mem_key], xb.get(mem_key)
         rows.append([r["alias"], "ok", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
                      _f(r["decode_tok_s_bs1"]), _f(r["roofline"]["pct_of_limit"], 0, "%"),
                      _f(r["output_tok_s_top"]), _f(r["ttft_ms_bs1"], 0), _f(r["tpot_ms_bs1"], 1),
@@ -194,19 +205,23 @@ def render_md(report: dict) -> str:
                   "wall time of the level.", ""]
     # memory
     L += ["## Memory", ""]
-    head = ["variant", "weights on disk GB", "folder GB", "RSS after start GB", "RSS peak GB", "vLLM weights GiB (log)",
-            "device peak GB"]
+    head = ["variant", "weights on disk GB", "folder GB", "weights in memory GB", "RSS after start GB", "RSS peak GB",
+            "vLLM weights GiB (log)", "device peak GB"]
     rows = []
     for v in report.get("variants", []):
         if v.get("status") != "ok":
             continue
         m, dsk = v.get("memory") or {}, v.get("disk") or {}
         rows.append([v["alias"], _gb(dsk.get("weights_bytes")), _gb(dsk.get("folder_bytes")),
-                     _gb(m.get("rss_after_start_bytes")), _gb(m.get("rss_peak_bytes")),
+                     _gb((v.get("engine") or {}).get("weights_bytes_loaded")), _gb(m.get("rss_after_start_bytes")), _gb(m.get("rss_peak_bytes")),
                      _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes"))])
     L += _table(head, rows)
-    L += ["", "RSS = resident memory of the whole serving process tree (API server + engine workers), "
-              "sampled every 0.25 s.", ""]
+    if s.get("engine") == "transformers":
+        L += ["", "RSS = resident memory of the bench process itself (the model runs in it; earlier variants' "
+                  "freed memory may still count); weights in memory = the loaded model's parameters and buffers.", ""]
+    else:
+        L += ["", "RSS = resident memory of the whole serving process tree (API server + engine workers), "
+                  "sampled every 0.25 s.", ""]
     # roofline
     bw = report.get("bandwidth") or {}
     L += ["## Roofline (batch-1 decode)", ""]

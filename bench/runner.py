@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import random
 import shlex
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class Settings:
     compile: str = "auto"
     backend: str = "auto"
     threads: int | None = None
+    seed: int | None = None  # where prompts start in the local text (None: random per run)
     debug: bool = False
 
     def requests_per_level(self, c: int) -> int:
@@ -107,6 +109,8 @@ class Runner:
         self.bar = bar
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.image = None
+        if settings.seed is None:
+            settings.seed = random.randrange(1_000_000)
 
     # ------------------------------------------------------------ plan
 
@@ -134,6 +138,16 @@ class Runner:
     def steps(self, entry: dict) -> int:
         scen = 2 if (entry["modality"] == "vl") else 1
         return sum(self.s.requests_per_level(c) for c in self.s.concurrency) * scen + self.s.quality_prompts
+
+    def warmups(self, level_index: int, c: int) -> int:
+        """Unmeasured requests before a level: one per scenario for a server (first level), one full
+        batch per level in process (it compiles / allocates for that batch size)."""
+        if self.s.engine == "transformers":
+            return c
+        return 1 if level_index == 0 else 0
+
+    def pool_size(self) -> int:
+        return sum(self.warmups(i, c) + self.s.requests_per_level(c) for i, c in enumerate(self.s.concurrency))
 
     def _endpoint(self, alias: str) -> str | None:
         return self.s.endpoints.get(alias) or self.s.endpoints.get("*")
@@ -166,7 +180,7 @@ class Runner:
                 "quality_tokens": s.quality_tokens,
                 "quality_prompts": list(workload.QUALITY_PROMPTS[: s.quality_prompts]),
                 "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
-                "compile": s.compile, "backend": s.backend, "threads": s.threads,
+                "compile": s.compile, "backend": s.backend, "threads": s.threads, "seed": s.seed,
             },
             "environment": environment(self.argv),
             "bandwidth": bw,
@@ -219,8 +233,8 @@ class Runner:
                 except (OSError, ValueError) as e:
                     rec["weights"] = {"error": one_line(e)}
             tok = workload.load_tokenizer(loc)
-            scenarios = workload.scenarios(entry["modality"], max(s.requests_per_level(c) for c in s.concurrency),
-                                           s.input_len, s.output_len, tok, self.image)
+            scenarios = workload.scenarios(entry["modality"], self.pool_size(), s.input_len, s.output_len, tok,
+                                           self.image, seed=s.seed)
             engine = self._engine(entry)
             self._status(f"{alias}: starting {s.engine}")
             engine.open()
@@ -234,12 +248,15 @@ class Runner:
                 try:
                     for sc in scenarios:
                         rec["runs"][sc.name], rec["raw"][sc.name] = {}, {}
+                        pool = list(sc.requests)  # every request (warm-ups too) is sent once: no cache hits
                         for i, c in enumerate(s.concurrency):
+                            warm = self.warmups(i, c)
+                            if warm:
+                                self._status(f"{alias}: {sc.name} c={c} warm-up")
+                                engine.run(pool[:warm], c)
+                                del pool[:warm]
                             n = s.requests_per_level(c)
-                            reqs = list(sc.requests[:n])
-                            self._status(f"{alias}: {sc.name} c={c} warm-up")
-                            if s.engine == "transformers" or i == 0:
-                                engine.run(reqs[:c] if s.engine == "transformers" else reqs[:1], c)
+                            reqs, pool = pool[:n], pool[n:]
                             self._status(f"{alias}: {sc.name} c={c}")
 
                             def tick(_r):

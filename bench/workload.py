@@ -48,20 +48,19 @@ def load_tokenizer(model_dir: str | Path | None):
 
 
 def make_prompts(n: int, input_len: int, tokenizer=None, seed: int = 0) -> list[str]:
-    """`n` different prompts of `input_len` tokens each (words / 0.75 without a tokenizer)."""
+    """`n` different prompts of `input_len` tokens each (words / 0.75 without a tokenizer), evenly spread
+    over the local text starting `seed` tokens in."""
     text = _corpus_text()
     if tokenizer is not None:
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        stride = max(1, (len(ids) - input_len) // max(1, n))
-        out = []
-        for i in range(n):
-            start = ((seed + i) * stride) % max(1, len(ids) - input_len)
-            out.append(tokenizer.decode(ids[start:start + input_len]))
-        return out
+        span = max(1, len(ids) - input_len)
+        stride = max(1, span // max(1, n))
+        return [tokenizer.decode(ids[(seed + i * stride) % span:][:input_len]) for i in range(n)]
     words = text.split()
     per = max(1, int(input_len * 0.75))
-    stride = max(1, (len(words) - per) // max(1, n))
-    return [" ".join(words[((seed + i) * stride) % max(1, len(words) - per):][:per]) for i in range(n)]
+    span = max(1, len(words) - per)
+    stride = max(1, span // max(1, n))
+    return [" ".join(words[(seed + i * stride) % span:][:per]) for i in range(n)]
 
 
 def default_image():
@@ -96,14 +95,34 @@ def load_image(path: str | None):
         raise UserError(f"{path} is not an image ({e})", "pass a PNG or JPEG file with --image") from None
 
 
+def marked(image, index: int):
+    """A copy of `image` with `index` written as a tiny black/white pattern in its top-left corner, so that
+    every request carries a different image (no cache hit in the server) that looks the same."""
+    img = image.convert("RGB").copy()
+    px = img.load()
+    side = max(1, min(img.size) // 64)
+    for bit in range(16):
+        color = (255, 255, 255) if (index >> bit) & 1 else (0, 0, 0)
+        for dy in range(side):
+            for dx in range(side):
+                x, y = bit * side + dx, dy
+                if x < img.size[0] and y < img.size[1]:
+                    px[x, y] = color
+    return img
+
+
 def scenarios(modality: str, n: int, input_len: int, output_len: int, tokenizer=None, image=None,
-              with_image: bool = True) -> list[Scenario]:
-    """Text-only requests for every model; the same prompts with one image for VL models."""
-    prompts = make_prompts(n, input_len, tokenizer)
+              with_image: bool = True, seed: int = 0) -> list[Scenario]:
+    """`n` distinct text-only requests for every model; for VL models also `n` with one image each.
+
+    Every request differs from every other (its own slice of text; its own marked copy of the image),
+    so a server's prefix and image caches never turn a measured request into a cache hit; `seed`
+    moves the slices, so repeated runs against one long-running server do not either."""
+    prompts = make_prompts(n, input_len, tokenizer, seed=seed)
     out = [Scenario("text", tuple(Request(p, output_len, None, i) for i, p in enumerate(prompts)))]
     if modality == "vl" and with_image:
         img = image if image is not None else default_image()
-        out.append(Scenario("image", tuple(Request("Describe the picture. " + p, output_len, img, i)
+        out.append(Scenario("image", tuple(Request("Describe the picture. " + p, output_len, marked(img, i), i)
                                            for i, p in enumerate(prompts))))
     return out
 

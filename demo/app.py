@@ -28,6 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 DEFAULT_QUESTION = "Describe this image."
 PENDING = "…"
 UI_REFRESH_S = 0.08  # at most ~12 page updates a second while tokens stream
+POLL_S = 0.25  # longest the page handler waits without yielding (so a stop takes effect at once)
 
 
 @dataclass
@@ -268,27 +269,31 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
                                  args=(t, request_messages(hist[i], user, settings), settings, i, q, cancel)).start()
             yield frame(gr.MultimodalTextbox(value=None, interactive=False), "", chat_values, hist)
             try:
-                last, dirty = 0.0, False
+                last, dirty, heard = 0.0, False, time.monotonic()
+                idle = (gr.skip(),) * (3 + len(targets))  # "no change": keeps the stop button responsive
                 while not all(o.done for o in outcomes):
-                    try:  # with an update not yet drawn, wait only until it is due
-                        batch = [q.get(timeout=max(0.0, last + UI_REFRESH_S - time.monotonic()) if dirty
-                                       else settings.timeout_s + 30)]
+                    now = time.monotonic()
+                    try:  # short waits: Gradio can only stop this generator when it yields
+                        batch = [q.get(timeout=max(0.0, last + UI_REFRESH_S - now) if dirty else POLL_S)]
                     except queue.Empty:
-                        if not dirty:  # a worker that never reported: end with a message, not a spinner
-                            batch = [(i, _Outcome(o.text, error="error: no answer in time — check the server",
-                                                  done=True)) for i, o in enumerate(outcomes) if not o.done]
-                        else:
-                            batch = []
+                        batch = []
                     while True:  # take everything already waiting, then draw once
                         try:
                             batch.append(q.get_nowait())
                         except queue.Empty:
                             break
+                    now = time.monotonic()
+                    if batch:
+                        heard = now
+                    elif now - heard > settings.timeout_s + 30:  # a worker gone silent: a message, not a spinner
+                        batch = [(i, _Outcome(o.text, error="error: no answer in time — check the server",
+                                              done=True)) for i, o in enumerate(outcomes) if not o.done]
                     for idx, o in batch:
                         outcomes[idx] = o
                     dirty = dirty or bool(batch)
-                    now = time.monotonic()
-                    if now - last < UI_REFRESH_S and not any(o.done for _, o in batch):
+                    if not dirty or (now - last < UI_REFRESH_S and not any(o.done for _, o in batch)):
+                        if not dirty:
+                            yield idle
                         continue
                     last, dirty = now, False
                     for c, t, out in zip(chat_values, targets, outcomes):

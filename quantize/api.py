@@ -248,7 +248,7 @@ def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str
         lay = layout.from_model(m, arch) if m is not None else \
             layout.from_safetensors(resolved.path, arch)
         holder["layout"] = lay
-        print(lay.text(), flush=True)
+        print(lay.text(), file=sys.stderr, flush=True)  # progress goes to stderr; stdout is the result
         log(f"tuning {len(lay.quantized)} Linear modules ({rec.iters} iterations per block)"
             if rec.iters else "rounding to nearest (no tuning)")
 
@@ -300,7 +300,7 @@ def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str
             log("verifying: reloading every export and comparing with the 16-bit base")
             rep = verify.run(base_dir, staged, modality, [e.name for e in lay.quantized], device=dev,
                              held_out=cal.held_out, log=log, debug=debug)
-            print(rep.table(), flush=True)
+            print(rep.table(), file=sys.stderr, flush=True)
             if not rep.ok:
                 raise UserError(f"verify failed: {rep.problems[0]}",
                                 "nothing was written; re-run with --debug for details", exit_code=4)

@@ -153,6 +153,9 @@ def render(report: dict) -> str:
         "quantization_config=AutoRoundConfig(backend=\"auto\"))",
         "```",
         "",
+        *(["On a CPU, transformers needs an AWQ kernel package (`gptqmodel` or `autoawq`) for this format; "
+           "vLLM reads it as is. This project's verify reads the packed AWQ weights directly.", ""]
+          if fmt == "awq" else []),
         f"Made with `{report['command']}`.",
         "",
     ]

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
                    help="skip torch.compile / CUDA graphs (default: on for CPU, off for GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: what is here; cuda with --dry-run plans a GPU command on a machine without one")
-    p.add_argument("--vllm-python", default=None, help=f"Python that has vLLM (default: ${VLLM_PYTHON_ENV} or this one)")
+    p.add_argument("--vllm-python", default=None,
+                   help=f"Python that has vLLM (default: ${VLLM_PYTHON_ENV} or this one)")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the server (default 900)")
     p.add_argument("--force", action="store_true", help="start even where a known limitation says it fails")
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print_catalog()
         return 0
     if not args.model:
-        raise UserError("--model is required", "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
+        raise UserError("--model is required",
+                        "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
 
     from serve import server as S
 
@@ -133,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}", flush=True)
         while srv.proc.poll() is None:
             time.sleep(0.5)
-        tail = srv.log_tail()
-        cause, todo = S.likely_cause(tail, srv.proc.returncode)
-        _print_tail(tail)
+        cause, todo = srv.failure()
+        _print_tail(srv.log_tail())
         raise UserError(f"vLLM exited (code {srv.proc.returncode}) while serving '{srv.model}': {cause}",
                         f"{todo}; full log: {srv.log_path}", exit_code=1)
     except (KeyboardInterrupt, _Stop) as e:

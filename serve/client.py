@@ -306,6 +306,9 @@ def _user_error(e: Exception, base_url: str, model: str | None) -> UserError:
         msg = _message(e)
         return UserError(f"the server at {base_url} refused the request (HTTP {e.status_code}): {msg}",
                          "check the request, or the server's log")
+    if isinstance(e, openai.APIError):  # an error event in the stream
+        return UserError(f"the server at {base_url} failed on the request: {_message(e)}",
+                         "check the server's log (`python -m serve` prints the likely cause)")
     if isinstance(e, httpx.HTTPError):
         return UserError(f"connection to {base_url} failed: {type(e).__name__}: {e}", "check the server")
     return UserError(f"chat with {base_url} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",

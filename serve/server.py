@@ -33,11 +33,12 @@ import psutil
 from core import catalog
 from core.errors import UserError
 from core.hardware import Hardware, detect
-from serve.args import (VLLM_PYTHON_ENV, ModelInfo, ServeOptions, default_api_key, is_loopback, model_info,
+from serve.args import (VLLM_PYTHON_ENV, ModelInfo, ServeOptions, default_api_key, model_info,
                         shown_command, vllm_command)
 
 HUB_HOST = ("huggingface.co", 443)
-TAIL_LINES = 25
+TAIL_LINES = 25  # log lines shown when vLLM dies
+SCAN_LINES = 400  # log lines searched for the cause
 
 
 class ServerError(UserError):
@@ -82,11 +83,16 @@ def plan(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_ke
         max_model_len=max_model_len, served_name=served_name,
         tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
         distributed_backend=distributed_backend, gpu_memory_utilization=gpu_memory_utilization,
-        kv_cache_gib=kv_cache_gib, enforce_eager=enforce_eager,
+        kv_cache_gib=kv_cache_gib or _env_int("VLLM_CPU_KVCACHE_SPACE"), enforce_eager=enforce_eager,
         python=engine_python or os.environ.get(VLLM_PYTHON_ENV) or sys.executable,
         extra_args=tuple(extra_args), force=force)
     argv, env = vllm_command(info, hw, opts)
     return Launch(info, hw, opts, argv, env)
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name, "").strip()
+    return int(v) if v.isdigit() and int(v) > 0 else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -139,7 +145,7 @@ def check_hub(info: ModelInfo) -> None:
 
 def check_engine(python: str) -> None:
     """The Python that will run vLLM exists and can import it."""
-    if Path(python).resolve() == Path(sys.executable).resolve():
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # not resolve(): venvs link one interpreter
         if importlib.util.find_spec("vllm") is None:
             raise UserError(f"vLLM is not installed in this environment ({sys.executable})",
                             "`pip install -c constraints.txt -e .[cpu]` (or `.[gpu]`), or name a Python that has "
@@ -203,7 +209,12 @@ class Server:
         return total
 
     def log_tail(self, n: int = TAIL_LINES) -> list[str]:
-        return _tail(self.log_path, n)
+        """The log's last lines worth reading: errors first, shutdown noise left out."""
+        return excerpt(_tail(self.log_path, SCAN_LINES), n)
+
+    def failure(self) -> tuple[str, str]:
+        """(likely cause, what to do) from the log, for a server that died."""
+        return likely_cause(_tail(self.log_path, SCAN_LINES), self.proc.returncode)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """End the whole tree: SIGTERM to the group and each member, SIGKILL after `timeout_s`. Idempotent."""
@@ -422,6 +433,11 @@ CAUSES = (  # (regex on the log tail, likely cause, what to do); first match win
      "a JSON file of the checkpoint is corrupt", "re-create the artifact"),
 )
 _EXC_LINE = re.compile(r"(?:^|\s)((?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)): (.+)$")
+_NOT_RAISED = re.compile(r" (WARNING|INFO|DEBUG) ")  # "... Exception: ..." inside a warning was handled
+
+
+def _exception(line: str):
+    return None if _NOT_RAISED.search(line) else _EXC_LINE.search(line.strip())
 
 
 def likely_cause(lines: list[str], returncode: int | None = None) -> tuple[str, str]:
@@ -429,8 +445,8 @@ def likely_cause(lines: list[str], returncode: int | None = None) -> tuple[str, 
     for pattern, cause, todo in CAUSES:
         if re.search(pattern, text):
             return cause, todo
-    for line in reversed(lines):  # else the last exception vLLM printed
-        m = _EXC_LINE.search(line.strip())
+    for line in lines:  # else the first exception vLLM printed (the root; later ones wrap it)
+        m = _exception(line)
         if m:
             return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)[:200]}", "see the log's last lines"
     if returncode in (-9, 137):
@@ -438,9 +454,30 @@ def likely_cause(lines: list[str], returncode: int | None = None) -> tuple[str, 
     return "unknown cause", "read the log"
 
 
+NOISE = re.compile(r"nanobind|leaked (function|type|instance)|^\s*- \.\.\. skipped remainder|resource_tracker|"
+                   r"warnings\.warn\(|refleaks")
+
+
+def excerpt(lines: list[str], n: int = TAIL_LINES) -> list[str]:
+    """What to show of a dead server's log: the exceptions it raised (each once), then how the log ended,
+    without shutdown noise."""
+    clean = [ln for ln in lines if not NOISE.search(ln)]
+    seen, errors = set(), []
+    for ln in clean:
+        m = _exception(ln)
+        if m and (m.group(1), m.group(2)) not in seen:
+            seen.add((m.group(1), m.group(2)))
+            errors.append(ln)
+    errors = errors[-8:]
+    if not errors:
+        return clean[-n:]
+    rest = [ln for ln in clean[-max(1, n - len(errors) - 1):] if ln not in errors]
+    return errors + ["..."] + rest
+
+
 def _died(srv: Server, what: str, timed_out: bool = False) -> ServerError:
     tail = srv.log_tail()
-    cause, todo = likely_cause(tail, srv.proc.returncode)
+    cause, todo = srv.failure()
     if timed_out and cause == "unknown cause":
         cause, todo = "still loading (slow machine or large model)", "raise the timeout, or check the log"
     return ServerError(f"{what}: {cause}", f"{todo}; full log: {srv.log_path}", srv.log_path, tail)
@@ -451,7 +488,7 @@ def _tail(path: Path, n: int) -> list[str]:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
+            f.seek(max(0, size - 512 * 1024))
             data = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []

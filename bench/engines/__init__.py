@@ -59,7 +59,7 @@ class VariantFailed(Exception):
     """A variant could not be measured; the message is the one-line reason recorded in the report."""
 
 
-def one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 500) -> str:
     """A failure reason fit for one table cell."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."

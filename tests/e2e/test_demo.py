@@ -7,8 +7,9 @@
   next to the shared tiny-vl server. Where vLLM can serve W4A16 here, that is tiny-vl-gptq next to its
   16-bit base; on a CPU without the int4 kernel (AVX2 only) it is a second tiny-vl server (same weights,
   so greedy answers must match). Then that server is frozen (SIGSTOP): its column shows a timeout error
-  while the other still answers, no spinner left; the stop button ends a wait at once; after SIGCONT it answers again; Ctrl-C (SIGINT) ends
-  the demo and the server it started, and leaves the shared server alone (SIGTERM: test_chat_in_browser).
+  while the other still answers, no spinner left; the stop button ends a wait at once; after SIGCONT it
+  answers again; Ctrl-C (SIGINT) ends the demo and the server it started, and leaves the shared server
+  alone (SIGTERM is checked by test_chat_in_browser).
 - test_cli_errors: user mistakes end in one line and a non-zero exit, before anything starts.
 
 Screenshots go to <QWEN_W4_HOME or checkout>/runs/demo-screenshots-<time>/.
@@ -127,6 +128,20 @@ def running_demo(*args: str):
         d.stop()
 
 
+@contextmanager
+def shot_on_failure(page, path: Path):
+    """Keep what the page showed when a check failed."""
+    try:
+        yield
+    except BaseException:
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            print(f"\nfailure screenshot: {path}")
+        except Exception:  # noqa: BLE001 - the page may be gone
+            pass
+        raise
+
+
 def open_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(url)
@@ -225,8 +240,8 @@ def test_cli_errors():
         (["--model", "no-such-model"], "unknown model alias 'no-such-model'"),
     ]
     for args, expect in cases:
-        r = subprocess.run([sys.executable, "-m", "demo", "--port", "0", *args], cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run([sys.executable, "-m", "demo", "--port", "0", *args], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
         assert r.returncode != 0, (args, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, r.stderr)
@@ -238,61 +253,62 @@ def test_chat_in_browser(server, browser, shots, tmp_path):
     with running_demo("--endpoint", srv.base_url, "--model", srv.model, *_key_args(srv),
                       "--max-tokens", "48", "--max-image-mb", "1") as demo:
         page = open_page(browser, demo.url())
-        assert page.locator("#chat-1").count() == 0  # one model: one chat
-        assert "tiny-vl" in page.locator("#chat-0").inner_text()
-        page.get_by_text("Which fruit sold the most").first.wait_for(timeout=60_000)  # examples are offered
+        with shot_on_failure(page, shots / "failure-chat.png"):
+            assert page.locator("#chat-1").count() == 0  # one model: one chat
+            assert "tiny-vl" in page.locator("#chat-0").inner_text()
+            page.get_by_text("Which fruit sold the most").first.wait_for(timeout=60_000)  # examples are offered
 
-        # an image and a question: the answer streams in, with the variant and its speed under it
-        page.evaluate(WATCH_JS)
-        send(page, "Which fruit sold the most?", [EXAMPLES / "bar_chart.png"])
-        page.wait_for_selector("#chat-0 [data-testid='user'] img", timeout=60_000)
-        [answer] = wait_answers(page, [0], 1)
-        assert_answer(answer, "tiny-vl")
-        seen = page.evaluate("window.__seen")
-        partial = [t for t in seen if t.strip() and t.strip() != "…" and "tokens/s" not in t]
-        assert partial, f"the answer did not stream (page states seen: {seen})"
-        assert status_text(page).strip() == ""
-        page.screenshot(path=str(shots / "chat-answer.png"), full_page=True)
+            # an image and a question: the answer streams in, with the variant and its speed under it
+            page.evaluate(WATCH_JS)
+            send(page, "Which fruit sold the most?", [EXAMPLES / "bar_chart.png"])
+            page.wait_for_selector("#chat-0 [data-testid='user'] img", timeout=60_000)
+            [answer] = wait_answers(page, [0], 1)
+            assert_answer(answer, "tiny-vl")
+            seen = page.evaluate("window.__seen")
+            partial = [t for t in seen if t.strip() and t.strip() != "…" and "tokens/s" not in t]
+            assert partial, f"the answer did not stream (page states seen: {seen})"
+            assert status_text(page).strip() == ""
+            page.screenshot(path=str(shots / "chat-answer.png"), full_page=True)
 
-        # a follow-up in the same conversation
-        send(page, "And which sold the least?")
-        [answer2] = wait_answers(page, [0], 2)
-        assert_answer(answer2, "tiny-vl")
+            # a follow-up in the same conversation
+            send(page, "And which sold the least?")
+            [answer2] = wait_answers(page, [0], 2)
+            assert_answer(answer2, "tiny-vl")
 
-        # bad uploads: a readable message, nothing sent, the page still works
-        notes = tmp_path / "notes.txt"
-        notes.write_text("not a picture\n")
-        corrupt = tmp_path / "corrupt.png"
-        corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(4000))
-        big = noise_png(tmp_path / "big.png", int(1.3 * 2**20))
-        for f, expect in [(notes, "error: notes.txt is not a readable image"),
-                          (corrupt, "error: corrupt.png is not a readable image"),
-                          (big, "error: big.png is 1.")]:
-            send(page, "What is this?", [f])
-            page.wait_for_function(
-                "t => document.querySelector('#demo-status').innerText.includes(t)", arg=expect, timeout=60_000)
-            assert "send" in status_text(page) or "pass a PNG" in status_text(page)
-            assert len(bot_messages(page, 0)) == 2, "a rejected upload must not reach the model"
-            assert page.locator("#demo-input .thumbnail-item").count() == 0  # the bad file is taken out
-            assert page.locator("#demo-input textarea").input_value() == "What is this?"  # the text stays
-        page.screenshot(path=str(shots / "chat-bad-upload.png"), full_page=True)
+            # bad uploads: a readable message, nothing sent, the page still works
+            notes = tmp_path / "notes.txt"
+            notes.write_text("not a picture\n")
+            corrupt = tmp_path / "corrupt.png"
+            corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(4000))
+            big = noise_png(tmp_path / "big.png", int(1.3 * 2**20))
+            for f, expect in [(notes, "error: notes.txt is not a readable image"),
+                              (corrupt, "error: corrupt.png is not a readable image"),
+                              (big, "error: big.png is 1.")]:
+                send(page, "What is this?", [f])
+                page.wait_for_function(
+                    "t => document.querySelector('#demo-status').innerText.includes(t)", arg=expect, timeout=60_000)
+                assert "send" in status_text(page) or "pass a PNG" in status_text(page)
+                assert len(bot_messages(page, 0)) == 2, "a rejected upload must not reach the model"
+                assert page.locator("#demo-input .thumbnail-item").count() == 0  # the bad file is taken out
+                assert page.locator("#demo-input textarea").input_value() == "What is this?"  # the text stays
+            page.screenshot(path=str(shots / "chat-bad-upload.png"), full_page=True)
 
-        send(page, "Describe the shop sign.", [EXAMPLES / "shop_sign.png"])
-        [answer3] = wait_answers(page, [0], 3)
-        assert_answer(answer3, "tiny-vl")
-        assert status_text(page).strip() == ""  # the error is gone after a good message
+            send(page, "Describe the shop sign.", [EXAMPLES / "shop_sign.png"])
+            [answer3] = wait_answers(page, [0], 3)
+            assert_answer(answer3, "tiny-vl")
+            assert status_text(page).strip() == ""  # the error is gone after a good message
 
-        # a third image in the conversation: more than vLLM takes per request, so the oldest is not resent
-        send(page, "Compare it with the chart.", [EXAMPLES / "bar_chart.png"])
-        [answer4] = wait_answers(page, [0], 4)
-        assert_answer(answer4, "tiny-vl")
-        page.screenshot(path=str(shots / "chat-multi-turn.png"), full_page=True)
+            # a third image in the conversation: more than vLLM takes per request, so the oldest is not resent
+            send(page, "Compare it with the chart.", [EXAMPLES / "bar_chart.png"])
+            [answer4] = wait_answers(page, [0], 4)
+            assert_answer(answer4, "tiny-vl")
+            page.screenshot(path=str(shots / "chat-multi-turn.png"), full_page=True)
 
-        page.locator("#demo-clear").click()
-        page.wait_for_function("() => !document.querySelector(\"#chat-0 [data-testid='bot']\")", timeout=60_000)
-        send(page, "Hello after clearing.")
-        assert_answer(wait_answers(page, [0], 1)[0], "tiny-vl")
-        page.close()
+            page.locator("#demo-clear").click()
+            page.wait_for_function("() => !document.querySelector(\"#chat-0 [data-testid='bot']\")", timeout=60_000)
+            send(page, "Hello after clearing.")
+            assert_answer(wait_answers(page, [0], 1)[0], "tiny-vl")
+            page.close()
     assert demo.proc.returncode == 128 + signal.SIGTERM, demo.output[-2000:]
     assert srv.alive(), "the demo must not stop a server it did not start"
 
@@ -312,54 +328,55 @@ def test_compare_and_server_lifecycle(server, artifact, browser, shots):
         engines = vllm_tree(demo.proc.pid)
         assert engines, f"the demo should have started a vLLM server:\n{demo.output[-2000:]}"
         page = open_page(browser, url)
-        heads = [page.locator(f"#chat-{i}").inner_text() for i in (0, 1)]
-        assert labels[0] in heads[0] and labels[1] in heads[1]
-        if w4_ok:
-            assert "W4A16 (gptq)" in heads[0] and "16-bit" in heads[1]
+        with shot_on_failure(page, shots / "failure-compare.png"):
+            heads = [page.locator(f"#chat-{i}").inner_text() for i in (0, 1)]
+            assert labels[0] in heads[0] and labels[1] in heads[1]
+            if w4_ok:
+                assert "W4A16 (gptq)" in heads[0] and "16-bit" in heads[1]
 
-        # an example from the page: the same message goes to both, both answers stream with their speed
-        page.get_by_text("What does the sign say").click()
-        page.wait_for_function("() => document.querySelectorAll('#demo-input .thumbnail-item').length == 1",
-                               timeout=60_000)
-        page.locator("#demo-input textarea").press("Enter")
-        left, right = wait_answers(page, [0, 1], 1)
-        assert_answer(left, labels[0])
-        assert_answer(right, labels[1])
-        if not w4_ok:  # same weights, greedy decoding: the same text
-            assert left.rpartition("\n")[0] == right.rpartition("\n")[0]
-        page.screenshot(path=str(shots / "compare-answers.png"), full_page=True)
-
-        # the demo's own server stops answering: an error in its column, the other still answers
-        for p in engines:
-            p.suspend()
-        try:
-            t0 = time.monotonic()
-            send(page, "Are you still there?")
-            left, right = wait_answers(page, [0, 1], 2, timeout_ms=90_000)
-            waited = time.monotonic() - t0
-            assert "error:" in left and "did not answer in time" in left, left
-            assert_answer(right, labels[1])
-            assert "did not answer in time" in status_text(page)
-            assert waited < 60, f"the error took {waited:.0f} s (timeout 12 s)"
-            page.screenshot(path=str(shots / "compare-server-stopped.png"), full_page=True)
-
-            # still frozen: the stop button ends the wait at once
-            send(page, "Never mind, stop.")
-            page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-1 [data-testid='bot']\");"
-                                   " return b.length >= 3 && /tokens\\/s/.test(b[b.length - 1].innerText); }",
+            # an example from the page: the same message goes to both, both answers stream with their speed
+            page.get_by_text("What does the sign say").click()
+            page.wait_for_function("() => document.querySelectorAll('#demo-input .thumbnail-item').length == 1",
                                    timeout=60_000)
-            page.locator("#demo-input button[aria-label='Stop']").click()
-            page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-0 [data-testid='bot']\");"
-                                   " return b.length >= 3 && b[b.length - 1].innerText.includes('(stopped)'); }",
-                                   timeout=10_000)
-            assert page.locator("#demo-input textarea").is_enabled()
-        finally:
+            page.locator("#demo-input textarea").press("Enter")
+            left, right = wait_answers(page, [0, 1], 1)
+            assert_answer(left, labels[0])
+            assert_answer(right, labels[1])
+            if not w4_ok:  # same weights, greedy decoding: the same text
+                assert left.rpartition("\n")[0] == right.rpartition("\n")[0]
+            page.screenshot(path=str(shots / "compare-answers.png"), full_page=True)
+
+            # the demo's own server stops answering: an error in its column, the other still answers
             for p in engines:
-                p.resume()
-        send(page, "Back again?")
-        left, _ = wait_answers(page, [0, 1], 4)
-        assert_answer(left, labels[0])
-        page.close()
+                p.suspend()
+            try:
+                t0 = time.monotonic()
+                send(page, "Are you still there?")
+                left, right = wait_answers(page, [0, 1], 2, timeout_ms=90_000)
+                waited = time.monotonic() - t0
+                assert "error:" in left and "did not answer in time" in left, left
+                assert_answer(right, labels[1])
+                assert "did not answer in time" in status_text(page)
+                assert waited < 60, f"the error took {waited:.0f} s (timeout 12 s)"
+                page.screenshot(path=str(shots / "compare-server-stopped.png"), full_page=True)
+
+                # still frozen: the stop button ends the wait at once
+                send(page, "Never mind, stop.")
+                page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-1 [data-testid='bot']\");"
+                                       " return b.length >= 3 && /tokens\\/s/.test(b[b.length - 1].innerText); }",
+                                       timeout=60_000)
+                page.locator("#demo-input button[aria-label='Stop']").click()
+                page.wait_for_function("() => { const b = document.querySelectorAll(\"#chat-0 [data-testid='bot']\");"
+                                       " return b.length >= 3 && b[b.length - 1].innerText.includes('(stopped)'); }",
+                                       timeout=10_000)
+                assert page.locator("#demo-input textarea").is_enabled()
+            finally:
+                for p in engines:
+                    p.resume()
+            send(page, "Back again?")
+            left, _ = wait_answers(page, [0, 1], 4)
+            assert_answer(left, labels[0])
+            page.close()
 
         # Ctrl-C: the demo ends, and so does the server it started; the shared server stays
         rc = demo.stop(signal.SIGINT)

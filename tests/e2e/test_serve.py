@@ -100,7 +100,7 @@ def test_dry_run_plans_gpu_command_for_published_model():
 
 
 @pytest.mark.parametrize("case", ["unknown-alias", "missing-path", "corrupt-config", "no-model", "public-no-key",
-                                  "hub-offline", "too-many-gpus", "port-in-use"])
+                                  "hub-offline", "too-many-gpus", "port-in-use", "engine-without-vllm"])
 def test_bad_inputs_one_line(case, tmp_path, artifact):
     args, env, needles = [], {}, []
     listener = None
@@ -119,9 +119,14 @@ def test_bad_inputs_one_line(case, tmp_path, artifact):
         args, needles = ["--model", "tiny-vl", "--host", "0.0.0.0"], ["no API key", "--api-key"]
         env = {"QWEN_W4_API_KEY": ""}
     elif case == "hub-offline":
-        args, env, needles = ["--model", "vl-fp16"], {"HF_HUB_OFFLINE": "1"}, ["not in the local Hugging Face cache"]
+        hub_id = "qwen-w4-tests/never-downloaded"  # a Hub id no cache holds
+        args, env, needles = ["--model", hub_id], {"HF_HUB_OFFLINE": "1"}, [f"'{hub_id}' is not in the local Hugging"]
     elif case == "too-many-gpus":
         args, needles = ["--model", "tiny-vl", "--tensor-parallel-size", "64"], ["GPU"]
+    elif case == "engine-without-vllm":
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+        py = tmp_path / "venv" / "bin" / "python"
+        args, needles = ["--model", "tiny-vl", "--vllm-python", str(py)], [f"vLLM is not installed in {py}"]
     elif case == "port-in-use":
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -134,7 +139,7 @@ def test_bad_inputs_one_line(case, tmp_path, artifact):
         if listener:
             listener.close()
     assert_one_line_error(r, *needles)
-    assert r.returncode == 2
+    assert r.returncode == 2 and r.stdout == ""  # refused before any command was printed or started
 
 
 def test_chat_cli_errors(tmp_path):
@@ -266,15 +271,18 @@ class LineReader:
 
 
 def test_cli_serves_chats_and_stops_on_sigterm(artifact):
-    """`python -m serve --model tiny-text`: command, ready line, snippet; chats; a request cut mid-answer
-    by SIGTERM gives the client one line; the whole vLLM tree is gone afterwards."""
+    """`python -m serve --model tiny-text` with an API key from the env: command (key masked), ready line,
+    snippet; chats with and without the key; a request cut mid-answer by SIGTERM gives the client one
+    line; the whole vLLM tree is gone afterwards."""
     from serve.client import chat, user_message
     from serve.server import free_port
 
     artifact("tiny-text")
     port = free_port()
+    key = "test-key-5f3a9c"
     proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "QWEN_W4_API_KEY": key})
     tree: list[psutil.Process] = []
     stdout, stderr = LineReader(proc.stdout), LineReader(proc.stderr)
     try:
@@ -286,14 +294,22 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
         assert any("from openai import OpenAI" in ln for ln in snippet)
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert any("vllm" in " ".join(p.cmdline()) for p in tree[1:])
+        assert key not in "\n".join(out + snippet) and "VLLM_API_KEY=***" in out[0]
+        assert not any(key in " ".join(p.cmdline()) for p in tree)  # not in the process table either
+        log = Path(out[1].split("log: ", 1)[1])
+        assert key not in (log.parent / "command.txt").read_text() and key not in log.read_text()
 
-        text, stats = chat(base, "tiny-text", [user_message("Explain: Return the absolute value.")], max_tokens=24)
+        text, stats = chat(base, "tiny-text", [user_message("Explain: Return the absolute value.")], api_key=key,
+                           max_tokens=24)
         assert text.strip() and stats.output_tokens > 0 and stats.prompt_tokens > 0
+        r = run_mod("serve.chat", "--base-url", base, "hello", env={"QWEN_W4_API_KEY": "wrong"})
+        assert_one_line_error(r, "rejected the API key")
 
         # a long answer, cut by SIGTERM to `python -m serve` while it streams
         long = subprocess.Popen([sys.executable, "-m", "serve.chat", "--base-url", base, "--max-tokens", "1800",
                                  "--ignore-eos", "Tell me a long story."], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "QWEN_W4_API_KEY": key})
         first = long.stdout.read(1)
         assert first, long.stderr.read()
         proc.send_signal(signal.SIGTERM)
@@ -314,15 +330,20 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
 
 
 def test_cli_reports_vllm_dying_at_start(artifact, tmp_path):
-    """vLLM exits while starting: the CLI shows its log's last lines, one error line with the likely
-    cause and the log path, exits 1, and leaves no process."""
+    """vLLM (run by another Python: --vllm-python) exits while starting: the CLI shows its log's last
+    lines, one error line with the likely cause and the log path, exits 1, and leaves no process."""
+    engine = tmp_path / "other-env-python"
+    engine.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/engine-calls\nexec {sys.executable} "$@"\n')
+    engine.chmod(0o755)
     bad = tmp_path / "short-context"
     shutil.copytree(artifact("tiny-text"), bad)
     cfg = json.loads((bad / "config.json").read_text())
     cfg["max_position_embeddings"] = 64  # vLLM refuses --max-model-len 2048 for it
     (bad / "config.json").write_text(json.dumps(cfg))
-    r = run_mod("serve", "--model", str(bad), "--port", "0", "--max-model-len", "2048", timeout=START_TIMEOUT_S)
+    r = run_mod("serve", "--model", str(bad), "--port", "0", "--max-model-len", "2048",
+                "--vllm-python", str(engine), timeout=START_TIMEOUT_S)
     assert r.returncode == 1, r.stderr
+    assert "-m vllm.entrypoints.openai.api_server" in (tmp_path / "engine-calls").read_text()
     *context, last = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert last.startswith("error: vLLM exited") and "context length" in last and "full log: " in last
     assert "last lines of vLLM's log:" in context and any("max_model_len" in ln for ln in context)

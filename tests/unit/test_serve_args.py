@@ -350,3 +350,33 @@ def test_image_part_errors(tmp_path):
         image_part("https://example.com/cat.png")
     with pytest.raises(UserError, match="cannot send"):
         image_part(12345)
+
+
+def test_log_excerpt_and_root_cause():
+    """Lines as vLLM CPU 0.32 wrote them when a W4A16 request hit the missing int4 kernel."""
+    from serve.server import excerpt, likely_cause
+
+    log = [
+        "(Worker pid=1) WARNING 11-23 18:54:30 [utils.py:597] Failed to create oneDNN linear, fallback to torch "
+        "linear. Exception: could not create a primitive descriptor",
+        "(Worker pid=1) ERROR 11-23 18:54:33 [multiproc_executor.py:1063] Traceback (most recent call last):",
+        "(Worker pid=1) ERROR 11-23 18:54:33 [multiproc_executor.py:1063] AttributeError: '_OpNamespace' '_C' "
+        "object has no attribute 'cpu_gemm_wna16'",
+        "(EngineCore pid=2) ERROR 11-23 18:54:33 [core.py:1512] RuntimeError: Worker failed with error "
+        "''_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16''",
+        "(APIServer pid=3) ERROR 11-23 18:54:33 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+        "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        "(APIServer pid=3) ERROR 11-23 18:54:33 [serving.py:929] vllm.v1.engine.exceptions.EngineDeadError: "
+        "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        "INFO:     Finished server process [3]",
+        "nanobind: leaked 4 instances!",
+        ' - leaked type "triton._C.libtriton.ir.location"',
+        " - ... skipped remainder",
+    ]
+    assert likely_cause(log)[0].startswith("a kernel this checkpoint needs is missing")
+    shown = excerpt(log, 10)
+    assert shown[0].endswith("no attribute 'cpu_gemm_wna16'") and "..." in shown
+    assert sum("EngineDeadError" in ln for ln in shown[:shown.index("...")]) == 1  # each exception once
+    assert not any("leaked" in ln or "Failed to create oneDNN" in ln for ln in shown)
+    generic = [ln.replace("cpu_gemm_wna16", "some_attr") for ln in log]
+    assert likely_cause(generic)[0] == "AttributeError: '_OpNamespace' '_C' object has no attribute 'some_attr'"
