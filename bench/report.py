@@ -228,7 +228,9 @@ def render_md(report: dict) -> str:
     by = bw.get("by_threads") or {}
     L.append(f"Measured copy bandwidth: {_f(bw.get('gb_s'))} GB/s"
              + (" (" + ", ".join(f"{t} thread{'s' if t != '1' else ''}: {_f(g)}" for t, g in by.items()) + ")" if by else "")
-             + ". Bytes per token = decoder weights + LM head as stored (4-bit weights with their scales/zeros); "
+             + " (best of the measurements before and after the variants ran"
+             + (": " + " / ".join(_f(m.get("gb_s")) for m in bw["measurements"]) + " GB/s" if bw.get("measurements") else "")
+             + "). Bytes per token = decoder weights + LM head as stored (4-bit weights with their scales/zeros); "
                "embeddings (one row per token) and the vision tower are not read per decoded token.")
     L.append("")
     head = ["variant", "bytes/token GB", "decoder linears GB", "LM head GB", "bandwidth GB/s", "limit tok/s",

@@ -158,6 +158,13 @@ def measure_bandwidth(device: str = "cpu", cores: int = 1) -> dict:
     return {"device": "cpu", "by_threads": by, "gb_s": max(by.values()), "tool": "numpy.copyto"}
 
 
+def combine_bandwidth(before: dict, after: dict) -> dict:
+    """Measured before and after the variants ran: the best of each (a ceiling), both kept as measured."""
+    by = {t: max(g, (after.get("by_threads") or {}).get(t, 0.0)) for t, g in (before.get("by_threads") or {}).items()}
+    return {**before, "by_threads": by, "gb_s": max(before["gb_s"], after["gb_s"]),
+            "measurements": [{k: m.get(k) for k in ("by_threads", "gb_s")} for m in (before, after)]}
+
+
 # ---------------------------------------------------------------- arithmetic
 
 def limit_tok_s(bytes_per_token: int | float | None, bandwidth_gb_s: float | None) -> float | None:

@@ -163,13 +163,13 @@ class Runner:
             self.bar.refresh()
         hw = detect()
         self._status("measuring memory bandwidth")
-        bw = roofline.measure_bandwidth("cuda" if (hw.has_gpu and s.engine == "transformers") else "cpu", hw.cores)
-        if s.engine == "vllm" and hw.has_gpu:
-            bw = self._gpu_bandwidth() or bw
+        bw = self._bandwidth(hw)
         self.image = workload.load_image(s.image) if any(e["modality"] == "vl" for e in plan) else None
         variants = []
         for entry in plan:
             variants.append(self.variant(entry))
+        self._status("measuring memory bandwidth again")
+        bw = roofline.combine_bandwidth(bw, self._bandwidth(hw))
         report = {
             "schema": 1,
             "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -188,6 +188,13 @@ class Runner:
         }
         self._quality(report, plan)
         return report
+
+    def _bandwidth(self, hw) -> dict:
+        bw = roofline.measure_bandwidth("cuda" if (hw.has_gpu and self.s.engine == "transformers") else "cpu",
+                                        hw.cores)
+        if self.s.engine == "vllm" and hw.has_gpu:
+            bw = self._gpu_bandwidth() or bw
+        return bw
 
     def _gpu_bandwidth(self) -> dict | None:
         try:

@@ -313,8 +313,10 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
             yield frame(gr.MultimodalTextbox(value=None, interactive=True), _status_html(errs), chat_values,
                         new_hist)
 
+        # trigger_mode "multiple": after the stop button the page may still count the stopped run as pending
+        # and would drop the next Enter ("once"); double sends are prevented by disabling the box instead
         event = box.submit(respond, [box, histories, *chats], [box, status, histories, *chats],
-                           concurrency_limit=4, show_progress="hidden")
+                           concurrency_limit=4, show_progress="hidden", trigger_mode="multiple")
         def stopped(*chat_values):
             return (gr.MultimodalTextbox(interactive=True), *[mark_stopped(c) for c in chat_values])
 

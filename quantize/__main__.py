@@ -1,5 +1,5 @@
 """`python -m quantize`: a 16-bit Qwen3 / Qwen3-VL model -> W4A16 artifacts (AutoRound, GPTQ, AWQ,
-compressed-tensors), each linted, verified and carrying a model card.
+compressed-tensors) and, for text models, GGUF for llama.cpp; each linted, verified and carrying a model card.
 
 Flags are spelled like AutoRound's own CLI where it has one (`--iters --nsamples --seqlen --batch-size --dataset
 --device --device-map --formats`); underscore spellings are accepted too.
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", "--format", default="autoround,gptq,awq",
                    help=f"comma-separated: {','.join(catalog.QUANT_FORMATS)} (default: autoround,gptq,awq)")
     p.add_argument("--recipe", default="default", choices=list(recipes.RECIPES), help="tuning recipe (default: default)")
+    p.add_argument("--gguf-type", "--gguf_type", dest="gguf_type", choices=["q4_k_m", "q4_0", "bf16"],
+                   help="type of the gguf format's file: q4_k_m (default), q4_0, or bf16 (16-bit, for comparisons; "
+                        "written to <family>-gguf-bf16)")
     g = p.add_argument_group("recipe overrides (AutoRound's names)")
     g.add_argument("--iters", "--iter", type=int, help="tuning iterations per block (0: round-to-nearest)")
     g.add_argument("--nsamples", "--nsample", type=int, help="calibration samples")
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                    seqlen=args.seqlen, batch_size=args.batch_size, lr=args.lr, dataset=args.dataset,
                    output=args.output, overwrite=args.overwrite, device=args.device, device_map=args.device_map,
                    verify=args.verify, push_to_hub=args.push_to_hub, asym=args.asym, bits=args.bits,
-                   group_size=args.group_size, scheme=args.scheme, debug=args.debug, command=cmd)
+                   group_size=args.group_size, scheme=args.scheme, debug=args.debug, command=cmd,
+                   **({"gguf_type": args.gguf_type} if args.gguf_type else {}))
     if args.json:
         print(json.dumps({f: {"path": str(d), "verify": read_report(d).get("verify")} for f, d in out.items()},
                          indent=2))

@@ -6,8 +6,10 @@ atomic rename into `<artifact root>/<alias>`. Nothing is placed unless every for
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -163,15 +165,74 @@ def settings(recipe: str | Recipe = "default", *, device: str = "auto", device_m
     return rec, dev, recipes.autoround_kwargs(rec, device=dev, device_map=device_map)
 
 
+_DISK_FULL = re.compile(r"No space left on device|File too large|Disk quota exceeded|os error (27|28|122)\b")
+
+
+def _disk_full(e: BaseException) -> bool:
+    """A write failed for lack of space (ENOSPC, EFBIG from a file size limit, EDQUOT), however the library that
+    wrote wrapped it (OSError, safetensors' and tokenizers' Rust errors, torch's stream writer)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return True
+        if _DISK_FULL.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str | Recipe = "default",
              **overrides) -> dict[str, Path]:
+    """See `_quantize`; a full disk while writing becomes one user error (the staging folder is gone by then)."""
+    try:
+        return _quantize(model, formats, recipe, **overrides)
+    except UserError:
+        raise
+    except BaseException as e:
+        if _tuning_started:
+            _close_progress_bars()
+            sys.stderr.write("\n")  # end a progress bar the error cut, so the error line starts a line
+            sys.stderr.flush()
+        if isinstance(e, Exception) and _disk_full(e):
+            where = Path(overrides.get("output") or catalog.artifact_root()).expanduser()
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UserError(f"out of disk space while writing under {where} ({detail})",
+                            "free space there or pass --output on a larger disk; existing artifacts were kept and "
+                            "no partial one is left") from None
+        raise
+
+
+_tuning_started = False
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an exception left open (else they redraw after the error line, at exit)."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str | Recipe = "default",
+              **overrides) -> dict[str, Path]:
     """Quantize `model` to W4A16 and write one verified artifact folder per format. Returns {format: folder}.
 
     overrides: iters, nsamples, seqlen, batch_size, lr (recipe settings); dataset (local file); output (parent
     folder, default the artifact root); device (cpu|cuda|auto); device_map (AutoRound's, e.g. "0,1");
     overwrite; verify (default True); push_to_hub (org/name); asym / bits / group_size (refused unless W4 sym
-    g128); command (for the card).
+    g128); command (for the card); gguf_type (q4_k_m, q4_0 or bf16: the `gguf` format's type).
     """
+    fmts_all = parse_formats(formats)
+    gguf_type = overrides.pop("gguf_type", None)
+    if "gguf" in fmts_all:  # its own pipeline (llama.cpp's format): quantize/gguf.py
+        from quantize import gguf
+
+        rest = [f for f in fmts_all if f != "gguf"]
+        out = quantize(model, rest, recipe, **overrides) if rest else {}
+        out["gguf"] = gguf.export(model, gguf_type, recipe, **overrides)
+        return out
     t_start = time.time()
     ov = dict(overrides)
     command = ov.pop("command", None) or _command(model, formats if isinstance(formats, list) else [formats],
@@ -244,6 +305,8 @@ def quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: str
     holder: dict = {}
 
     def on_loaded(ar):
+        global _tuning_started
+        _tuning_started = True
         m = getattr(ar, "model", None)
         lay = layout.from_model(m, arch) if m is not None else \
             layout.from_safetensors(resolved.path, arch)

@@ -194,3 +194,79 @@ def _val(v: str):
         return json.loads(v)
     except json.JSONDecodeError:
         return v
+
+
+def render_gguf(report: dict) -> str:
+    """The card of a GGUF artifact (quantize/gguf.py's report)."""
+    alias, base, g = report["alias"], report["base"], report["gguf"]
+    gtype = report["gguf_type"]
+    lib, sizes, ver = report["versions"], report["sizes"], report.get("verify") or {}
+    rec, cal = report.get("recipe"), report.get("calibration")
+    quantized = gtype != "bf16"
+    fm = [
+        "---",
+        f"base_model: {json.dumps(base['id'])}",
+        f"base_model_relation: {'quantized' if quantized else 'finetune'}",
+        "library_name: gguf",
+        "pipeline_tag: text-generation",
+        f"license: {LICENSE}",
+        "tags:",
+        _yaml_list(["gguf", "llama.cpp", gtype, "qwen3"] + (["autoround"] if quantized else [])),
+        "quantization:",
+        f"  method: {'AutoRound' if quantized else 'none (16-bit)'}",
+        f"  format: gguf",
+        f"  gguf_type: {gtype}",
+        f"  file: {json.dumps(report['file'])}",
+        "libraries:",
+        *[f"  {k}: {json.dumps(v)}" for k, v in lib.items()],
+        "---",
+    ]
+    how = (f"quantized to **{gtype.upper()}** with [Intel AutoRound](https://github.com/intel/auto-round) "
+           f"{lib.get('auto-round', '')} (scheme `GGUF:{gtype.upper()}`, recipe {rec['name']}, iters {rec['iters']}, "
+           f"nsamples {rec['nsamples']}, seqlen {rec['seqlen']}); calibration: {cal['source']}, sha256 "
+           f"`{cal.get('sha256') or 'n/a'}`" if quantized and rec and cal
+           else "converted to a **16-bit (BF16)** GGUF with llama.cpp's converter (no quantization)")
+    types = ", ".join(f"{k}: {v}" for k, v in sorted(g["tensor_types"].items()))
+    body = [
+        f"# {alias}",
+        "",
+        f"`{base['id']}` {how}, for [llama.cpp](https://github.com/ggml-org/llama.cpp) "
+        f"(llama-cpp-python {lib.get('llama-cpp-python', '')}).",
+        "",
+        f"File: `{report['file']}` — architecture `{g['architecture']}`, file type {g['file_type']}, "
+        f"tensor types {types}; tokenizer pre-splitter `{g['tokenizer_pre']}`.",
+        f"Size: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit safetensors base "
+        f"(x{sizes['ratio']}).",
+        "",
+        "## Quality (verify)",
+        "",
+    ]
+    r = (ver.get("results") or {}).get("gguf")
+    if r and not r.get("error"):
+        rtn = (ver.get("results") or {}).get("rtn") or {}
+        body += [
+            f"llama.cpp's next-token distributions on {ver['prompts']} held-out prompts, {ver['positions']} greedy "
+            "positions of the 16-bit base, teacher-forced, compared with the base in transformers:",
+            "",
+            "| model | KL mean | KL max | top-1 agreement | loaded with |",
+            "|---|---|---|---|---|",
+            f"| {alias} (this file) | {r['kl_mean']:.5f} | {r['kl_max']:.5f} | {r['top1']:.1%} | {r['loader']} |",
+        ]
+        if rtn and not rtn.get("error"):
+            body.append(f"| W4A16 g128 RTN (reference) | {rtn['kl_mean']:.5f} | {rtn['kl_max']:.5f} | "
+                        f"{rtn['top1']:.1%} | {rtn['loader']} |")
+    else:
+        body.append("Not verified (`--no-verify`).")
+    body += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"python -m serve --model {alias} --engine llamacpp      # OpenAI API via llama.cpp's server",
+        f"python -m llama_cpp.server --model {report['file']} --n_ctx {report.get('max_model_len', 2048)}",
+        "```",
+        "",
+        f"Made with: `{report['command']}`",
+        "",
+    ]
+    return "\n".join(fm + [""] + body)

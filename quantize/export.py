@@ -116,21 +116,48 @@ def run_autoround(model: str, kwargs: dict, formats: list[str], out_dir: Path, w
     work_space.mkdir(parents=True, exist_ok=True)
     from auto_round import AutoRound
 
-    t0 = time.time()
-    ar = AutoRound(model, **kwargs)
-    t_load = time.time() - t0
-    if on_loaded is not None:
-        on_loaded(ar)
-    ar_formats = ",".join(FORMATS[f].autoround_format for f in formats)
-    t1 = time.time()
-    ar.quantize_and_save(str(out_dir), format=ar_formats)
-    t_tune = time.time() - t1
+    with no_model_code():
+        t0 = time.time()
+        ar = AutoRound(model, **kwargs)
+        t_load = time.time() - t0
+        if on_loaded is not None:
+            on_loaded(ar)
+        ar_formats = ",".join(FORMATS[f].autoround_format for f in formats)
+        t1 = time.time()
+        ar.quantize_and_save(str(out_dir), format=ar_formats)
+        t_tune = time.time() - t1
     found = find_exports(out_dir)
     missing = [f for f in formats if f not in found]
     if missing:
         raise RuntimeError(f"AutoRound wrote no {', '.join(missing)} export under {out_dir}")
     del ar
     return {f: found[f] for f in formats}, {"load_s": round(t_load, 1), "tune_and_export_s": round(t_tune, 1)}
+
+
+@contextmanager
+def no_model_code():
+    """Python code shipped with a model (config.json `auto_map`) is never imported while AutoRound runs. Passing
+    trust_remote_code=False is not enough: AutoRound 0.16.1 probes configs with its own default of True
+    (e.g. auto_round.utils.model.is_diffusion_model). Qwen3 / Qwen3-VL are built into transformers."""
+    import transformers.dynamic_module_utils as dmu
+
+    orig = dmu.get_class_from_dynamic_module
+
+    def refuse(class_reference, pretrained_model_name_or_path, *args, **kwargs):
+        raise ValueError(f"not importing {class_reference} from {pretrained_model_name_or_path}: "
+                         "code shipped with a model is never run")
+
+    patched = [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith("transformers")
+               and getattr(m, "get_class_from_dynamic_module", None) is orig]
+    for m in patched:
+        m.get_class_from_dynamic_module = refuse
+    try:
+        yield
+    finally:
+        for m in list(sys.modules.values()):  # also modules imported meanwhile, which took the refusal
+            if getattr(m, "__name__", "").startswith("transformers") and \
+                    getattr(m, "get_class_from_dynamic_module", None) is refuse:
+                m.get_class_from_dynamic_module = orig
 
 
 def find_exports(root: Path) -> dict[str, Path]:

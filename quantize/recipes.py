@@ -128,6 +128,7 @@ def autoround_kwargs(recipe: Recipe, *, device: str, device_map: str | None = No
         enable_torch_compile=False if device == "cpu" else None,
         quant_nontext_module=False,  # vision tower and merger stay 16-bit
         quant_lm_head=False,
+        trust_remote_code=False,  # AutoRound's default is True: never run Python code that came with a model
     )
     if recipe.lr is not None:
         kw["lr"] = recipe.lr

@@ -74,6 +74,10 @@ def plan(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_ke
          gpu_memory_utilization: float = 0.90, kv_cache_gib: int | None = None,
          enforce_eager: bool | None = None, hw: Hardware | None = None) -> Launch:
     """Resolve the model and build vLLM's command. `port=None` picks a free port on `host`."""
+    if port is not None and not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a valid port", "use 1-65535, or 0 to pick a free one")
+    if max_model_len is not None and max_model_len < 1:
+        raise UserError(f"--max-model-len {max_model_len} must be positive", "leave it out to use the model's default")
     resolved = catalog.resolve(model)
     info = model_info(resolved)
     hw = hw or detect()
@@ -97,7 +101,11 @@ def _env_int(name: str) -> int | None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((_bind_host(host), 0))
+        try:
+            s.bind((_bind_host(host), 0))
+        except OSError as e:
+            raise UserError(f"cannot listen on host '{host}' ({e.strerror or e})",
+                            "pass an address of this machine with --host, e.g. 127.0.0.1 or 0.0.0.0") from None
         return s.getsockname()[1]
 
 
@@ -123,6 +131,9 @@ def check_port_free(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
         try:
             s.bind((_bind_host(host), port))
+        except socket.gaierror as e:
+            raise UserError(f"cannot listen on host '{host}' ({e.strerror or e})",
+                            "pass an address of this machine with --host, e.g. 127.0.0.1 or 0.0.0.0") from None
         except OSError as e:
             raise UserError(f"port {port} on {host} is not available ({e.strerror or e})",
                             "pick another with --port, or stop what is using it") from None
@@ -288,9 +299,59 @@ def _parent_death_signal() -> None:
         pass
 
 
+def check_weights(info: ModelInfo) -> None:
+    """A local folder holds complete safetensors weights: a truncated or corrupt file, or pickle weights only
+    (which vLLM would load, running whatever they hold), fail here in one line instead of inside vLLM's loader."""
+    if info.source != "local":
+        return
+    folder = Path(info.location)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        raise UserError(f"no .safetensors weights in {folder}"
+                        + (f" ({pickled[0]} is a pickle file, which is never loaded)" if pickled else ""),
+                        "convert the checkpoint to safetensors, or pass another model folder")
+    for f in files:
+        problem = _safetensors_problem(f)
+        if problem:
+            raise UserError(f"weights file {f} is {problem}",
+                            "re-create the artifact (`python -m quantize ...`) or copy the model again")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded (header and size only; no tensor is read), or None."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 * 2**20):
+                return f"truncated or corrupt (header of {n} bytes in a {size}-byte file)"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    except (ValueError, UnicodeDecodeError):
+        return "corrupt (its header is not valid JSON)"
+    if not isinstance(header, dict):
+        return "corrupt (bad header)"
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "corrupt (bad tensor offsets)"
+    if 8 + n + end > size:
+        return f"truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
 def preflight(lp: Launch) -> None:
-    """What can be checked before starting anything: the port, the Hub, the engine's Python."""
+    """What can be checked before starting anything: the port, the weights, the Hub, the engine's Python."""
     check_port_free(lp.opts.host, lp.opts.port)
+    check_weights(lp.info)
     check_hub(lp.info)
     check_engine(lp.opts.python)
 

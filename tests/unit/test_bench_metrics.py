@@ -131,3 +131,13 @@ def test_quality_agreement():
     res = quality.compare({"base": ["a b c"], "w4": ["a b d"]}, "base")
     assert res["base"]["exact"] == 1 and res["base"]["mean_match_rate"] == 1.0
     assert res["w4"]["mean_prefix"] == 2 and res["w4"]["mean_match_rate"] == pytest.approx(2 / 3)
+
+
+def test_bandwidth_combines_before_and_after():
+    a = {"device": "cpu", "by_threads": {"1": 10.0, "2": 15.0}, "gb_s": 15.0}
+    b = {"device": "cpu", "by_threads": {"1": 12.0, "2": 14.0}, "gb_s": 14.0}
+    c = roofline.combine_bandwidth(a, b)
+    assert c["by_threads"] == {"1": 12.0, "2": 15.0} and c["gb_s"] == 15.0
+    assert [m["gb_s"] for m in c["measurements"]] == [15.0, 14.0]
+    two = roofline.copy_bandwidth(threads=2, size_mib=8, repeats=2)
+    assert two["gb_s"] > 0.1 and two["threads"] == 2

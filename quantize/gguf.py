@@ -1,0 +1,410 @@
+"""GGUF export: a 16-bit Qwen3 text model -> one .gguf file for llama.cpp, linted, verified, with a model card.
+
+    python -m quantize --model tiny-text --formats gguf [--gguf-type q4_k_m|q4_0|bf16]
+
+- q4_k_m (default) / q4_0: AutoRound tunes (or rounds, iters=0) with its `GGUF:Q4_K_M` / `GGUF:Q4_0` scheme and
+  writes the file through the llama.cpp converter it bundles (`format="gguf:q4_k_m"`).
+- bf16: no quantization; the same bundled converter writes the 16-bit weights (the speed baseline on llama.cpp).
+
+The artifact is `<artifact root>/<family>-gguf/` (bf16: `<family>-gguf-bf16/`): the .gguf file, copies of the base's
+config/tokenizer/chat template (so the folder is recognisable and the catalog finds it), quantization_report.json
+and README.md. Text models only: Qwen3-VL with its vision projector is not wired to llama.cpp here (VL stays on vLLM).
+
+The converter needs the `gguf` Python package in the version of llama.cpp's own source tree (`gguf-py`): the PyPI
+release of the same number (0.19.0) lacks architectures the converter names (MODEL_ARCH.DFLASH). A tokenizer the
+converter does not know by hash (the tiny models' locally trained ones) is accepted when its pre-tokenizer is
+exactly Qwen2's regex (Qwen3 uses Qwen2's), and written as `qwen2`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from core import catalog
+from core.errors import UserError
+from quantize.lint import Problem, _err, _warn
+
+GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
+DEFAULT_TYPE = "q4_k_m"
+# general.file_type (gguf.LlamaFileType) of each type
+FILE_TYPES = {"q4_0": 2, "q4_k_m": 15, "bf16": 32}
+# tensor types the decoder's Linear weights may have per file type (Q4_K_M mixes in Q6_K for some v/down)
+LINEAR_TYPES = {"q4_0": {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q6_K"},
+                "q4_k_m": {"Q4_K", "Q5_K", "Q6_K", "Q8_0"},
+                "bf16": {"BF16"}}
+MAIN_TYPE = {"q4_0": "Q4_0", "q4_k_m": "Q4_K", "bf16": "BF16"}
+LINEAR_LEAVES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+GGUF_ARCH = {catalog.TEXT_ARCH: "qwen3"}
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+BF16_KL_MAX = 0.01  # nats: a 16-bit GGUF must match the base (a conversion error shows far above this)
+INSTALL_GGUF = ("install gguf-py from llama.cpp's source tree, e.g. `make gguf-py` (pip download --no-binary :all: "
+                "llama-cpp-python==0.3.36, then pip install its vendor/llama.cpp/gguf-py)")
+
+
+def log(msg: str) -> None:
+    print(f"[quantize] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_type(t: str | None) -> str:
+    t = (t or DEFAULT_TYPE).strip().lower().replace("-", "_")
+    t = {"gguf:q4_k_m": "q4_k_m", "gguf:q4_0": "q4_0", "q4_k": "q4_k_m", "f16": "bf16", "16bit": "bf16"}.get(t, t)
+    if t not in GGUF_TYPES:
+        raise UserError(f"unknown GGUF type '{t}'", f"use --gguf-type with one of: {', '.join(GGUF_TYPES)}")
+    return t
+
+
+def dest_alias(base_alias: str, gguf_type: str) -> str:
+    return base_alias + ("-bf16" if gguf_type == "bf16" else "")
+
+
+def find_file(folder: Path) -> Path | None:
+    """The .gguf weights of an artifact folder (the largest one, should there be a projector beside it)."""
+    folder = Path(folder)
+    if folder.is_file():
+        return folder if folder.suffix == ".gguf" else None
+    files = sorted(folder.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True) if folder.is_dir() else []
+    return files[0] if files else None
+
+
+def is_gguf(location: str | Path | None) -> bool:
+    return location is not None and find_file(Path(location)) is not None
+
+
+# ---------------------------------------------------------------- reading a file
+
+def read_header(path: Path) -> dict:
+    """What lint needs from a .gguf file: architecture, file type, tensor types, tokenizer facts."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+
+    def field(name, default=None):
+        f = r.fields.get(name)
+        if f is None:
+            return default
+        try:
+            return f.contents()
+        except Exception:  # noqa: BLE001 - an array field we do not need in full
+            return default
+
+    return {
+        "version": field("GGUF.version"),
+        "architecture": field("general.architecture"),
+        "file_type": field("general.file_type"),
+        "tensor_types": {t.name: t.tensor_type.name for t in r.tensors},
+        "tokenizer_model": field("tokenizer.ggml.model"),
+        "tokenizer_pre": field("tokenizer.ggml.pre"),
+        "has_vocab": "tokenizer.ggml.tokens" in r.fields,
+        "has_chat_template": "tokenizer.chat_template" in r.fields,
+        "context_length": field(f"{field('general.architecture')}.context_length"),
+    }
+
+
+# ---------------------------------------------------------------- lint (pure functions)
+
+def check_header(h: dict, gguf_type: str, architecture: str) -> list[Problem]:
+    out: list[Problem] = []
+    want_arch = GGUF_ARCH.get(architecture)
+    if want_arch and h.get("architecture") != want_arch:
+        out.append(_err("gguf", f"general.architecture is {h.get('architecture')!r}, expected {want_arch!r}"))
+    if h.get("file_type") != FILE_TYPES[gguf_type]:
+        out.append(_err("gguf", f"general.file_type is {h.get('file_type')}, expected {FILE_TYPES[gguf_type]} "
+                                f"({gguf_type})"))
+    types = h.get("tensor_types") or {}
+    linears = {n: t for n, t in types.items()
+               if n.startswith("blk.") and n.endswith(".weight") and n.split(".")[2] in LINEAR_LEAVES}
+    if not linears:
+        out.append(_err("gguf", "no decoder Linear weights (blk.N.attn_*/ffn_*.weight) in the file"))
+    bad = sorted(n for n, t in linears.items() if t not in LINEAR_TYPES[gguf_type])
+    if bad:
+        out.append(_err("gguf", f"{len(bad)} decoder Linear weights are not {gguf_type} types, e.g. {bad[0]} is "
+                                f"{linears[bad[0]]}"))
+    main = sum(1 for t in linears.values() if t == MAIN_TYPE[gguf_type])
+    if linears and main < len(linears) / 2:
+        out.append(_err("gguf", f"only {main} of {len(linears)} decoder Linear weights are {MAIN_TYPE[gguf_type]}"))
+    norms = [n for n, t in types.items() if n.endswith("norm.weight") and t not in ("F32", "BF16", "F16")]
+    if norms:
+        out.append(_err("gguf", f"norm weights stored quantized, e.g. {norms[0]}"))
+    if "token_embd.weight" not in types:
+        out.append(_err("gguf", "token_embd.weight missing"))
+    if not h.get("has_vocab"):
+        out.append(_err("gguf", "no vocabulary (tokenizer.ggml.tokens) in the file"))
+    if not h.get("has_chat_template"):
+        out.append(_warn("gguf", "no chat template in the file: llama.cpp's server falls back to a generic one"))
+    return out
+
+
+def check_files(files: set[str], require_card: bool = False) -> list[Problem]:
+    out = []
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    if len(ggufs) != 1:
+        out.append(_err("files", f"expected one .gguf file, found {len(ggufs)}"))
+    for f in ("config.json", "tokenizer_config.json"):
+        if f not in files:
+            out.append(_err("files", f"{f} missing (copied from the base)"))
+    if require_card:
+        for f in ("README.md", "quantization_report.json"):
+            if f not in files:
+                out.append(_err("files", f"{f} missing"))
+    return out
+
+
+def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: bool = False) -> list[Problem]:
+    folder = Path(folder)
+    probs = check_files({p.name for p in folder.iterdir() if p.is_file()}, require_card)
+    f = find_file(folder)
+    if f is None:
+        return probs
+    try:
+        h = read_header(f)
+    except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
+        return probs + [_err("gguf", f"{f.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})")]
+    return probs + check_header(h, gguf_type, architecture)
+
+
+# ---------------------------------------------------------------- the converter
+
+def _conversion(base_dir: Path):
+    """AutoRound's bundled llama.cpp converter, importable with the installed gguf-py (else a UserError)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("the `gguf` Python package is not installed (GGUF export needs it)", INSTALL_GGUF) from None
+    from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
+
+    try:
+        return get_conversion(base_dir)
+    except AttributeError as e:  # e.g. MODEL_ARCH.DFLASH: a gguf-py older than the converter
+        raise UserError(f"the installed `gguf` package does not match AutoRound's llama.cpp converter ({e})",
+                        INSTALL_GGUF) from None
+
+
+def _qwen2_split(model_dir: Path) -> bool:
+    try:
+        pre = json.loads((Path(model_dir) / "tokenizer.json").read_text()).get("pre_tokenizer") or {}
+    except (OSError, json.JSONDecodeError):
+        return False
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    return any(p.get("type") == "Split" and (p.get("pattern") or {}).get("Regex") == QWEN2_SPLIT
+               for p in parts or [] if isinstance(p, dict))
+
+
+@contextmanager
+def pretokenizer_fallback(ctx, model_dir: Path):
+    """While converting: a BPE tokenizer whose hash the converter does not know, but whose pre-tokenizer is
+    exactly Qwen2's regex, is written as `qwen2` (llama.cpp then splits text the same way)."""
+    base = sys.modules.get(ctx.module.__name__ + ".base")
+    text_model = getattr(base, "TextModel", None)
+    if text_model is None or not _qwen2_split(model_dir):
+        yield
+        return
+    original = text_model.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            return original(self, tokenizer)
+        except NotImplementedError:
+            log("tokenizer hash unknown to llama.cpp's converter; its pre-tokenizer is Qwen2's regex: writing 'qwen2'")
+            return "qwen2"
+
+    text_model.get_vocab_base_pre = get_vocab_base_pre
+    try:
+        yield
+    finally:
+        text_model.get_vocab_base_pre = original
+
+
+def write_bf16(base_dir: Path, architecture: str, out_file: Path) -> None:
+    import gguf
+
+    ctx = _conversion(base_dir)
+    with pretokenizer_fallback(ctx, base_dir):
+        cls = ctx.get_model_class(architecture)
+        m = cls(Path(base_dir), gguf.LlamaFileType.MOSTLY_BF16, Path(out_file))
+        m.write()
+
+
+def write_quantized(model_location: str, base_dir: Path, gguf_type: str, kwargs: dict, out_dir: Path,
+                    work_space: Path) -> Path:
+    """AutoRound with its GGUF scheme; returns the .gguf it wrote."""
+    os.environ["AR_WORK_SPACE"] = str(work_space)
+    work_space.mkdir(parents=True, exist_ok=True)
+    ctx = _conversion(base_dir)
+    from auto_round import AutoRound
+
+    kw = dict(kwargs)
+    kw["scheme"] = f"GGUF:{gguf_type.upper()}"
+    kw.pop("quant_lm_head", None)  # the GGUF scheme decides the output/embedding types itself
+    with pretokenizer_fallback(ctx, base_dir):
+        ar = AutoRound(model_location, **kw)
+        ar.quantize_and_save(str(out_dir), format=f"gguf:{gguf_type}")
+    del ar
+    found = sorted(Path(out_dir).rglob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)
+    if not found:
+        raise RuntimeError(f"AutoRound wrote no .gguf under {out_dir}")
+    return found[0]
+
+
+# ---------------------------------------------------------------- the whole export
+
+def export(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Path:
+    """Quantize/convert `model` to one verified GGUF artifact folder; returns it."""
+    from quantize import api, calibration, card, export as exp, layout, recipes, verify
+
+    t_start = time.time()
+    gtype = parse_type(gguf_type)
+    ov = dict(overrides)
+    command = ov.pop("command", None) or f"python -m quantize --model {model} --formats gguf --gguf-type {gtype}"
+    recipes.check_scheme(bits=ov.pop("bits", None), group_size=ov.pop("group_size", None),
+                         sym=(False if ov.pop("asym", False) else None), scheme=ov.pop("scheme", None))
+    recipe_overrides = {k: ov.pop(k, None) for k in recipes.OVERRIDABLE}
+    rec = recipes.get(recipe, **recipe_overrides)
+    dataset = ov.pop("dataset", None)
+    output = ov.pop("output", None)
+    device = ov.pop("device", "auto")
+    device_map = ov.pop("device_map", None)
+    overwrite = bool(ov.pop("overwrite", False))
+    do_verify = ov.pop("verify", True)
+    debug = bool(ov.pop("debug", False))
+    if ov.pop("push_to_hub", None):
+        raise UserError("--push-to-hub is not supported for GGUF artifacts yet",
+                        "push the folder afterwards with `hf upload ORG/NAME <folder>`")
+    if ov:
+        raise UserError(f"unknown option(s): {', '.join(sorted(ov))}", "see `python -m quantize --help`")
+    if dataset is not None and not Path(dataset).expanduser().is_file():
+        raise UserError(f"calibration dataset not found: {dataset}", "pass a local .txt, .jsonl or .json file")
+
+    resolved = catalog.resolve(model)
+    cfg, arch, modality = api._check_base(resolved)
+    if modality == "vl" or arch not in GGUF_ARCH:
+        raise UserError(f"GGUF export supports Qwen3 text models only, not {arch}",
+                        "Qwen3-VL with its vision projector is not wired to llama.cpp here: serve VL models with "
+                        "vLLM (formats autoround,gptq,awq)")
+    dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
+    alias = dest_alias(api._dest_alias(resolved, "gguf"), gtype)
+    dest = dest_parent / alias
+    if dest.exists() and not overwrite:
+        raise UserError(f"output exists: {dest}", "pass --overwrite to replace it (kept until the new one is complete "
+                        "and verified), or choose --output")
+    base_dir = api._base_folder(resolved)
+    if not debug:
+        os.environ.setdefault("AR_LOG_LEVEL", "ERROR")  # before AutoRound loads; --debug shows its log
+    _conversion(base_dir)  # fail before any tuning when gguf-py does not fit
+    import torch
+
+    dev = recipes.resolve_device(device, torch.cuda.is_available())
+    lay = layout.from_safetensors(base_dir, arch)
+    linear_names = [e.name for e in lay.quantized]
+    stem = resolved.variant.family.base_alias if resolved.variant else Path(resolved.location).name
+    fname = f"{stem}-{gtype.upper()}.gguf"
+    cal = None
+    kwargs: dict = {}
+    timings: dict = {}
+    with exp.Staging(dest_parent, alias) as st:
+        folder = st.path / alias
+        folder.mkdir()
+        if gtype == "bf16":
+            log(f"model {resolved.name} ({arch}): writing a 16-bit GGUF with llama.cpp's converter")
+            t0 = time.time()
+            write_bf16(base_dir, arch, folder / fname)
+            timings["convert_s"] = round(time.time() - t0, 1)
+        else:
+            from transformers import AutoTokenizer
+
+            local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
+                bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
+            if dataset is None and not local_corpus and api._offline():
+                raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) "
+                                "needs the network but HF_HUB_OFFLINE is set",
+                                "pass --dataset with a local .txt/.jsonl/.json file")
+            tok = AutoTokenizer.from_pretrained(base_dir)
+            cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
+                                      local_corpus=local_corpus)
+            kwargs = recipes.autoround_kwargs(rec, device=dev, device_map=device_map)
+            if cal.dataset is not None:
+                kwargs["dataset"] = cal.dataset
+            log(f"model {resolved.name} ({arch}); AutoRound scheme GGUF:{gtype.upper()}, recipe {rec.name} "
+                f"(iters={rec.iters}); calibration: {cal.source}")
+            t0 = time.time()
+            written = write_quantized(resolved.location, base_dir, gtype, kwargs, st.path / "autoround",
+                                      st.path / "work_space")
+            os.replace(written, folder / fname)
+            shutil.rmtree(st.path / "autoround", ignore_errors=True)
+            timings["tune_and_export_s"] = round(time.time() - t0, 1)
+        shutil.copy2(Path(base_dir) / "config.json", folder / "config.json")
+        exp.complete(folder, base_dir)  # tokenizer, chat template, generation config
+        probs = lint_folder(folder, gtype, arch)
+        for p in probs:
+            log(f"lint {alias}: {p}")
+        errs = [p for p in probs if p.level == "error"]
+        if errs:
+            raise UserError(f"lint failed for {alias}: {errs[0].message}"
+                            + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""),
+                            "nothing was written; re-run with --debug for the full list", exit_code=3)
+        log(f"lint {alias}: ok ({len(probs)} warning(s))")
+
+        ver = None
+        if do_verify:
+            log("verifying: loading the GGUF with llama.cpp and comparing with the 16-bit base")
+            rep = verify.run(base_dir, {"gguf": folder / fname}, modality, linear_names, device="cpu",
+                             held_out=cal.held_out if cal else None, log=log, debug=debug)
+            r = rep.results.get("gguf")
+            if gtype == "bf16" and r is not None and r.kl_mean is not None and not r.kl_mean <= BF16_KL_MAX:
+                rep.problems.append(f"the 16-bit GGUF disagrees with the base (KL {r.kl_mean:.3g} > {BF16_KL_MAX})")
+            print(rep.table(), file=sys.stderr, flush=True)
+            if not rep.ok:
+                raise UserError(f"verify failed: {rep.problems[0]}",
+                                "nothing was written; re-run with --debug for details", exit_code=4)
+            ver = rep.as_dict()
+
+        h = read_header(folder / fname)
+        base_bytes = exp.folder_bytes(base_dir)
+        art_bytes = (folder / fname).stat().st_size
+        base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
+            else (resolved.location if resolved.source == "hub" else stem)
+        report = {
+            "alias": alias, "format": "gguf", "gguf_type": gtype, "file": fname, "quant_method": None,
+            "engine": "llama.cpp",
+            "base": {"id": base_id, "source": resolved.source, "location": resolved.location, "architecture": arch},
+            "gguf": {"architecture": h["architecture"], "file_type": h["file_type"],
+                     "tensor_types": dict(Counter(h["tensor_types"].values())),
+                     "tokenizer_pre": h["tokenizer_pre"]},
+            "recipe": rec.as_dict() if gtype != "bf16" else None,
+            "autoround_kwargs": {k: v for k, v in kwargs.items() if k != "dataset"} or None,
+            "calibration": cal.card_dict() if cal else None, "layout": lay.as_dict(), "device": dev,
+            "sizes": {"artifact_bytes": art_bytes, "base_bytes": base_bytes,
+                      "ratio": round(art_bytes / base_bytes, 3) if base_bytes else None},
+            "lint": [p.__dict__ for p in probs], "verify": ver, "versions": _versions(), "timings": timings,
+            "path": str(dest), "max_model_len": resolved.variant.family.max_model_len if resolved.variant else 8192,
+            "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (folder / api.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "README.md").write_text(card.render_gguf(report))
+        errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True) if p.level == "error"]
+        if errs:
+            raise UserError(f"{alias} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
+        for p in folder.iterdir():
+            p.chmod(0o644)
+        st.place({"gguf": folder}, {"gguf": dest})
+    log(f"wrote {dest}")
+    log(f"done in {time.time() - t_start:.0f} s")
+    return dest
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("auto-round", "transformers", "torch", "gguf", "llama-cpp-python"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,141 @@
+"""Which engine serves a model: `--engine auto|vllm|llamacpp` decided as a pure function of the artifact, the
+hardware and the local catalog (what exists under the artifact root). Both engines speak the same OpenAI API.
+
+Rules (each with a one-line reason that serve prints and doctor shows):
+- a GGUF artifact -> llama.cpp (vLLM is not used for GGUF here);
+- Qwen3-VL -> vLLM (llama.cpp is not wired for Qwen3-VL's vision projector here);
+- `auto`, text model, on a CPU without AMX (vLLM's CPU int4 path there unpacks to bf16 and is compute-bound; without
+  AVX-512 it has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit
+  request `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine);
+- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, llama-cpp-python not installed);
+- an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp for VL or without a GGUF variant,
+  vllm for a .gguf).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core import catalog
+from core.errors import UserError
+from core.hardware import Hardware
+
+ENGINES = ("auto", "vllm", "llamacpp")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """engine ("vllm" or "llamacpp"), why, and what to serve (`model`: the GGUF variant's folder when auto or
+    --engine llamacpp switched to it, else None: serve what was asked for). Unpacks as (engine, reason)."""
+
+    engine: str
+    reason: str
+    model: str | None = None
+
+    def __iter__(self):
+        return iter((self.engine, self.reason))
+
+
+def _find_gguf(location: str | Path | None) -> Path | None:
+    from quantize.gguf import find_file
+
+    return find_file(Path(location)) if location else None
+
+
+def gguf_variant_path(family_base_alias: str, bf16: bool, root: Path | None = None) -> Path | None:
+    """The local GGUF artifact of a family (4-bit `<family>-gguf`, or `<family>-gguf-bf16`), if there is one."""
+    fam = catalog.variant(family_base_alias).family
+    alias = catalog.quantized_alias(fam.base_alias, "gguf") + ("-bf16" if bf16 else "")
+    folder = (root or catalog.artifact_root()) / alias
+    return folder if _find_gguf(folder) is not None else None
+
+
+def llamacpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _cpu_why(hw: Hardware) -> str:
+    if not hw.w4a16_serving[0]:
+        return "this CPU has no AVX-512, so vLLM's CPU build has no W4A16 kernel"
+    return "this CPU has no AMX, so vLLM's CPU int4 path unpacks to bf16 and is compute-bound"
+
+
+def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "auto", *,
+                  find_variant: Callable[[str, bool], Path | None] = gguf_variant_path,
+                  llamacpp_ok: bool | None = None) -> Choice:
+    """The engine for `resolved` on `hw`. `find_variant(base_alias, bf16)` looks up the family's local GGUF
+    variant (default: the artifact root); `llamacpp_ok` whether llama-cpp-python is installed (default: looked up).
+    Raises UserError when the requested engine cannot serve the model."""
+    req = (requested or "auto").lower().replace("-", "").replace(".", "").replace("_", "")
+    req = {"llama": "llamacpp", "llamacppserver": "llamacpp"}.get(req, req)
+    if req not in ENGINES:
+        raise UserError(f"unknown engine '{requested}'", f"use --engine {'|'.join(ENGINES)}")
+    ok = llamacpp_installed() if llamacpp_ok is None else llamacpp_ok
+    v = resolved.variant
+    name = resolved.name
+    is_gguf = resolved.source == "local" and _find_gguf(resolved.location) is not None
+
+    if is_gguf:
+        if req == "vllm":
+            raise UserError(f"'{name}' is a GGUF artifact, which vLLM does not serve here",
+                            "use --engine llamacpp (or auto), or serve a safetensors variant with vLLM")
+        if not ok:
+            raise UserError("llama-cpp-python is not installed (needed to serve GGUF)",
+                            "`pip install -c constraints.txt -e .[llamacpp]`")
+        return Choice("llamacpp", f"'{name}' is a GGUF artifact: llama.cpp serves it")
+
+    modality = v.modality if v else _modality_of(resolved)
+    if modality == "vl":
+        if req == "llamacpp":
+            raise UserError(f"llama.cpp cannot serve '{name}': Qwen3-VL with its vision projector is not wired to "
+                            "llama.cpp here", "use --engine vllm (or auto)")
+        return Choice("vllm", "VL model: vLLM (llama.cpp is not wired for Qwen3-VL's vision projector here)")
+
+    gguf = None
+    bf16 = not (v.is_quantized if v else False)
+    if v is not None:
+        gguf = find_variant(v.family.base_alias, bf16)
+    want = catalog.quantized_alias(v.family.base_alias, "gguf") + ("-bf16" if bf16 else "") if v else None
+
+    if req == "llamacpp":
+        if gguf is None:
+            make = (f"make it with `python -m quantize --model {v.family.base_alias} --formats gguf"
+                    f"{' --gguf-type bf16' if bf16 else ''}`" if v else "pass a .gguf file or a GGUF artifact folder")
+            raise UserError(f"'{name}' has no local GGUF variant{f' ({want})' if want else ''} for llama.cpp",
+                            f"{make}, or use --engine vllm")
+        if not ok:
+            raise UserError("llama-cpp-python is not installed", "`pip install -c constraints.txt -e .[llamacpp]`")
+        return Choice("llamacpp", f"--engine llamacpp: serving the GGUF variant {gguf.name}", str(gguf))
+    if req == "vllm":
+        return Choice("vllm", "--engine vllm")
+
+    # auto
+    if hw.has_gpu:
+        return Choice("vllm", "GPU: vLLM (Marlin/Machete W4A16 kernels)")
+    if hw.flag("amx_tile") and hw.w4a16_serving[0]:
+        return Choice("vllm", "CPU with AMX: vLLM's int4 path runs on AMX tiles")
+    why = _cpu_why(hw)
+    if gguf is not None and ok:
+        return Choice("llamacpp", f"{why}; llama.cpp serves the GGUF variant {gguf.name} instead "
+                                  f"({'16-bit' if bf16 else '4-bit'}, like '{name}')", str(gguf))
+    if gguf is not None:
+        return Choice("vllm", f"{why}, and a GGUF variant exists ({gguf.name}) but llama-cpp-python is not "
+                              "installed: vLLM")
+    hint = (f"; `python -m quantize --model {v.family.base_alias} --formats gguf"
+            f"{' --gguf-type bf16' if bf16 else ''}` makes {want} for llama.cpp") if v else ""
+    return Choice("vllm", f"{why}; no local GGUF variant{f' ({want})' if want else ''}: vLLM{hint}")
+
+
+def _modality_of(resolved: catalog.Resolved) -> str:
+    if resolved.source != "local":
+        return "text"
+    import json
+
+    try:
+        cfg = json.loads((Path(resolved.location) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "text"
+    archs = cfg.get("architectures") or [""]
+    return "vl" if "vision_config" in cfg or str(archs[0]).endswith("ForConditionalGeneration") else "text"

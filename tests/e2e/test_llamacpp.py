@@ -1,0 +1,135 @@
+"""GGUF end to end: `python -m quantize --formats gguf` (real AutoRound, llama.cpp's converter, lint, verify with
+llama.cpp) -> llama.cpp's real OpenAI server through serve/llamacpp.py -> serve.client / the openai client ->
+stopped, nothing left running. Plus what `--engine auto` picks on this machine, served for real."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from core import catalog
+from core.errors import UserError
+from core.hardware import detect
+from serve.client import chat, user_message
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra `llamacpp`)")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _quantize(base: Path, out: Path, gtype: str, *extra: str) -> Path:
+    cmd = [sys.executable, "-m", "quantize", "--model", str(base), "--formats", "gguf", "--gguf-type", gtype,
+           "--output", str(out), *extra]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}"
+    return out / ("tiny-text-gguf" + ("-bf16" if gtype == "bf16" else ""))
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory):
+    base = catalog.resolve("tiny-text").path
+    out = tmp_path_factory.mktemp("gguf") / "artifacts"
+    return {"q4_0": _quantize(base, out, "q4_0", "--iters", "0"), "bf16": _quantize(base, out, "bf16")}
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("gtype,tensor_type", [("q4_0", "Q4_0"), ("bf16", "BF16")])
+def test_gguf_artifact_is_complete_linted_and_verified(ggufs, gtype, tensor_type):
+    from quantize.gguf import find_file, lint_folder, read_header
+
+    folder = ggufs[gtype]
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
+            "quantization_report.json", f"tiny-text-{gtype.upper()}.gguf"} <= files
+    assert not list(folder.parent.glob(".quantize-*")), "staging folder left behind"
+    h = read_header(find_file(folder))
+    assert h["architecture"] == "qwen3" and h["tokenizer_pre"] == "qwen2" and h["has_chat_template"]
+    assert sum(t == tensor_type for t in h["tensor_types"].values()) >= 14  # 2 layers x 7 Linears
+    assert [p for p in lint_folder(folder, gtype, catalog.TEXT_ARCH, require_card=True) if p.level == "error"] == []
+    rep = json.loads((folder / "quantization_report.json").read_text())
+    ver = rep["verify"]
+    assert ver["ok"] and ver["results"]["gguf"]["loader"].startswith("llama.cpp")
+    kl, top1 = ver["results"]["gguf"]["kl_mean"], ver["results"]["gguf"]["top1"]
+    if gtype == "bf16":
+        assert kl < 0.01 and top1 >= 0.98  # same weights, another engine
+    else:
+        assert kl < 0.1 and top1 >= 0.8, (kl, top1)
+        assert rep["sizes"]["artifact_bytes"] < 0.5 * ggufs["bf16"].joinpath("tiny-text-BF16.gguf").stat().st_size
+    card = (folder / "README.md").read_text()
+    assert "library_name: gguf" in card and f"gguf_type: {gtype}" in card and "llama.cpp" in card
+
+
+def test_llamacpp_server_chats_and_stops_clean(ggufs, tmp_path):
+    from serve.llamacpp import start_server
+
+    t0 = time.monotonic()
+    srv = start_server(str(ggufs["q4_0"]), api_key="test-key", run_dir=tmp_path / "run", progress=False)
+    try:
+        assert srv.alive() and srv.model == "tiny-text-gguf" and srv.base_url.endswith("/v1")
+        assert time.monotonic() - t0 < 120
+        assert "test-key" not in " ".join(srv.argv) and "test-key" not in srv.command  # key in env, masked
+        tree = [p.pid for p in srv.processes()]
+        assert srv.tree_rss_bytes() > 10 * 2**20
+        text, stats = chat(srv.base_url, srv.model, [user_message("What does a context manager do?")],
+                           api_key=srv.api_key, max_tokens=24)
+        assert text.strip() and stats.output_tokens > 0 and stats.ttft_s > 0
+        c = openai.OpenAI(base_url=srv.base_url, api_key="test-key")
+        r = c.chat.completions.create(model=srv.model, max_tokens=12, temperature=0.0,
+                                      messages=[{"role": "user", "content": "Describe a priority queue."}])
+        assert r.choices[0].message.content and r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 12
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.base_url, api_key="wrong").models.list()
+        assert (tmp_path / "run" / "llamacpp.log").stat().st_size > 0
+    finally:
+        srv.stop()
+    srv.stop()  # idempotent
+    assert not srv.alive() and not _port_open(srv.port)
+    assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_auto_engine_on_this_machine_serves_what_the_rules_say(ggufs):
+    """`--engine auto` for the tiny text AWQ variant, with a local catalog holding its GGUF variant: llama.cpp on a
+    CPU without AMX (and serving it works), vLLM on AMX CPUs and GPUs."""
+    from serve.engine import choose_engine, gguf_variant_path
+    from serve.llamacpp import start_server
+
+    root = ggufs["q4_0"].parent
+    resolved = catalog.Resolved("tiny-text-awq", "local", "/unused", catalog.variant("tiny-text-awq"))
+    hw = detect()
+    c = choose_engine(resolved, hw, "auto", find_variant=lambda b, bf16: gguf_variant_path(b, bf16, root))
+    print(f"\nauto on this machine: {c.engine} — {c.reason}")
+    if hw.has_gpu or hw.flag("amx_tile"):
+        assert c.engine == "vllm"
+        return
+    assert c.engine == "llamacpp" and Path(c.model) == ggufs["q4_0"]
+    with start_server(c.model, progress=False) as srv:
+        text, stats = chat(srv.base_url, srv.model, [user_message("Hello")], max_tokens=8)
+        assert text.strip() and stats.output_tokens > 0
+    # the bf16 base's GGUF twin is picked for the 16-bit request
+    base = catalog.Resolved("tiny-text", "local", "/unused", catalog.variant("tiny-text"))
+    c16 = choose_engine(base, hw, "auto", find_variant=lambda b, bf16: gguf_variant_path(b, bf16, root))
+    assert c16.engine == "llamacpp" and Path(c16.model) == ggufs["bf16"]
+
+
+def test_llamacpp_refuses_what_it_cannot_serve(tmp_path):
+    from serve.llamacpp import start_server
+
+    with pytest.raises(UserError) as e:
+        start_server(str(catalog.resolve("tiny-text").path), progress=False)
+    assert "not a GGUF model" in e.value.line() and "--formats gguf" in e.value.line()
+    r = subprocess.run([sys.executable, "-m", "quantize", "--model", "tiny-vl", "--formats", "gguf", "--output",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: GGUF export supports Qwen3 text models only")
