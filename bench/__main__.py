@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="transformers engine: compiled static-cache decoding (auto: on)")
     p.add_argument("--backend", default="auto", help="transformers engine: AutoRound kernel backend for W4 (default auto)")
-    p.add_argument("--threads", type=int, help="transformers engine on CPU: torch threads (default: torch's, all cores)")
+    p.add_argument("--threads", type=int,
+                   help="transformers engine on CPU: threads for torch and AutoRound's kernels (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     return p
@@ -130,8 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--{name} must be at least 1, got {val}", f"pass a positive --{name}")
     conc = _ints(args.concurrency, "concurrency")
     endpoints = _endpoints(args.endpoint, models)
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}", "pass a positive --threads")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}", "pass a positive --threads")
+        if args.engine != "transformers":
+            raise UserError("--threads is for --engine transformers",
+                            "vLLM's CPU worker binds its own threads (VLLM_CPU_OMP_THREADS_BIND)")
+        # before torch and AutoRound's kernel library load: that library runs its own OpenMP pool,
+        # which reads OMP_NUM_THREADS and ignores torch.set_num_threads
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if endpoints and args.engine != "vllm":
         raise UserError("--endpoint works with --engine vllm only", "drop --endpoint, or use --engine vllm")
     notes = _notes(args.notes)

@@ -368,6 +368,12 @@ def read_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 def lint_folder(folder: Path, fmt: str, modality: str, architecture: str,
                 expected_4bit: list[str] | None = None, require_card: bool = False) -> list[Problem]:
     folder = Path(folder)
+    if fmt == "gguf":  # llama.cpp's single-file format: its own rules (header, tensor types)
+        from quantize.gguf import lint_folder as lint_gguf
+
+        qtype = (json.loads((folder / "quantization_report.json").read_text()).get("gguf_type")
+                 if (folder / "quantization_report.json").is_file() else None) or "q4_k_m"
+        return lint_gguf(folder, qtype, architecture, require_card)
     files = {f.name for f in folder.iterdir() if f.is_file()}
     problems = check_files(files, modality, require_card)
     try:

@@ -108,6 +108,9 @@ def _image_format(data: bytes, name: str) -> str:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name} is not a readable image ({type(e).__name__})",
                         "pass a PNG, JPEG, WebP or GIF file") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{name} has too many pixels to decode safely",
+                        "send a smaller image (resize it below 89 megapixels)") from None
 
 
 def _part(data: bytes, mime: str, max_bytes: int, name: str) -> dict:

@@ -139,3 +139,36 @@ def _modality_of(resolved: catalog.Resolved) -> str:
         return "text"
     archs = cfg.get("architectures") or [""]
     return "vl" if "vision_config" in cfg or str(archs[0]).endswith("ForConditionalGeneration") else "text"
+
+
+def decide(model: str, hw: Hardware, requested: str = "auto") -> Choice:
+    """`choose_engine` for what the user typed: a .gguf file, or anything `catalog.resolve` takes."""
+    p = Path(model).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"no such GGUF file: {model}", "check the path, or pass a GGUF artifact folder or alias")
+        if (requested or "auto").lower() == "vllm":
+            raise UserError(f"'{model}' is a GGUF file, which vLLM does not serve here",
+                            "use --engine llamacpp (or auto)")
+        return Choice("llamacpp", f"'{p.name}' is a GGUF file: llama.cpp serves it")
+    return choose_engine(catalog.resolve(model), hw, requested)
+
+
+def doctor_rows(hw: Hardware) -> list[tuple[str, bool | None, str]]:
+    """What `--doctor` shows about the engines: (what, ok, detail); ok None = informational."""
+    from core.hardware import versions
+
+    v = versions().get("llama-cpp-python")
+    rows: list[tuple[str, bool | None, str]] = [
+        ("llama.cpp", v is not None, f"llama-cpp-python {v}" if v else
+         "not installed: `pip install -c constraints.txt -e .[llamacpp]` (GGUF serving, the CPU fast path)")]
+    if hw.has_gpu:
+        auto = "vLLM (GPU)"
+    elif hw.flag("amx_tile") and hw.w4a16_serving[0]:
+        auto = "vLLM (CPU with AMX)"
+    else:
+        auto = (f"llama.cpp when a GGUF variant exists locally ({_cpu_why(hw)}), else vLLM; "
+                "`python -m quantize --formats gguf` makes one")
+    rows.append(("engine auto (text)", None, auto))
+    rows.append(("engine auto (VL)", None, "vLLM: Qwen3-VL's vision projector is not wired to llama.cpp here"))
+    return rows

@@ -96,6 +96,7 @@ class TransformersEngine(Engine):
             self.processor = AutoProcessor.from_pretrained(self.location)
             self.processor.tokenizer.padding_side = "left"
         self.info.update(device=self.device, quant_method=method, threads=torch.get_num_threads(),
+                         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
                          dtype="bfloat16", load_s=time.perf_counter() - t0,
                          weights_bytes_loaded=int(self.model.get_memory_footprint()),
                          linear_kernel=self._linear_kernel())

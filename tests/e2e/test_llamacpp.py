@@ -36,7 +36,7 @@ def _quantize(base: Path, out: Path, gtype: str, *extra: str) -> Path:
 def ggufs(tmp_path_factory):
     base = catalog.resolve("tiny-text").path
     out = tmp_path_factory.mktemp("gguf") / "artifacts"
-    return {"q4_0": _quantize(base, out, "q4_0", "--iters", "0"), "bf16": _quantize(base, out, "bf16")}
+    return {"q4_0": _quantize(base, out, "q4_0", "--recipe", "rtn"), "bf16": _quantize(base, out, "bf16")}
 
 
 def _port_open(port: int) -> bool:
@@ -133,3 +133,27 @@ def test_llamacpp_refuses_what_it_cannot_serve(tmp_path):
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: GGUF export supports Qwen3 text models only")
+
+
+def test_gguf_lint_rules_catch_hand_made_bad_headers():
+    """The lint rules are pure functions of the header: a file whose Linears were left 16-bit, the wrong file
+    type, a missing vocabulary or a quantized norm are errors."""
+    from quantize.gguf import check_files, check_header
+
+    good = {"architecture": "qwen3", "file_type": 2, "has_vocab": True, "has_chat_template": True,
+            "tensor_types": {**{f"blk.{i}.{n}.weight": "Q4_0" for i in range(2)
+                                for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                                          "ffn_down")},
+                             "blk.0.attn_norm.weight": "F32", "token_embd.weight": "Q4_0", "output.weight": "Q6_K"}}
+    assert check_header(good, "q4_0", catalog.TEXT_ARCH) == []
+    errs = lambda h, t="q4_0": [p.message for p in check_header(h, t, catalog.TEXT_ARCH) if p.level == "error"]
+    sixteen = {**good, "tensor_types": {k: ("BF16" if k.startswith("blk.") and "norm" not in k else v)
+                                        for k, v in good["tensor_types"].items()}}
+    assert any("not q4_0 types" in m for m in errs(sixteen))
+    assert any("file_type is 2, expected 15" in m for m in errs(good, "q4_k_m"))
+    assert any("vocabulary" in m for m in errs({**good, "has_vocab": False}))
+    assert any("norm weights stored quantized" in m
+               for m in errs({**good, "tensor_types": {**good["tensor_types"], "blk.0.attn_norm.weight": "Q4_0"}}))
+    assert any("architecture" in m for m in errs({**good, "architecture": "llama"}))
+    assert [p.message for p in check_files({"a.gguf", "b.gguf", "config.json", "tokenizer_config.json"})] == \
+        ["expected one .gguf file, found 2"]
