@@ -70,13 +70,13 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
     written.append("latency.png")
 
     # 3. memory bars: weights on disk, bytes read per token, resident/device peak
-    gpu = bool(((report.get("environment") or {}).get("hardware") or {}).get("gpus"))
+    from bench.report import derive, memory_column
+
+    mem_key, mem_label = memory_column(report)
+    rows = {r["alias"]: r for r in derive(report)["rows"]}
     series = [("weights on disk", lambda v: (v.get("disk") or {}).get("weights_bytes")),
-              ("read per token", lambda v: (v.get("weights") or {}).get("bytes_per_token")),
-              ("device peak" if gpu else "RSS peak (process tree)",
-               lambda v: ((v.get("memory") or {}).get("device_peak_bytes")
-                          or (v.get("memory") or {}).get("gpu_used_peak_bytes")) if gpu
-               else (v.get("memory") or {}).get("rss_peak_bytes"))]
+              ("read per decoded token", lambda v: (v.get("weights") or {}).get("bytes_per_token")),
+              (mem_label.replace(" GB", ""), lambda v: rows.get(v["alias"], {}).get(mem_key))]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(vs) + 3), 4.2))
     width = 0.8 / len(series)
     for j, (name, fn) in enumerate(series):

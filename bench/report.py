@@ -115,6 +115,10 @@ def _x(r) -> str:
     return "–" if r is None else f"{r:.2f}x"
 
 
+def _loads(x) -> str:
+    return "/".join(f"{v:.1f}" for v in x) if x else "?"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -269,7 +273,8 @@ def render_md(report: dict) -> str:
     L.append(f"- W4A16 kernel here: {hw.get('cpu_int4_path') if not hw.get('gpus') else 'GPU'}")
     L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v) + f", python {env.get('python')}")
     L.append(f"- platform: {env.get('platform')}; git commit {env.get('git_commit') or '?'}; "
-             f"load average at start {env.get('load_average')}")
+             f"load average (1/5/15 min) at start {_loads(env.get('load_average'))}, "
+             f"at end {_loads(env.get('load_average_end'))} on {hw.get('cores')} cores")
     if env.get("env"):
         L.append("- env: " + " ".join(f"{k}={v}" for k, v in env["env"].items()))
     for v in report.get("variants", []):

@@ -1,6 +1,7 @@
 """One benchmark run: every variant in turn through one engine; a failed variant is recorded, not fatal."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -120,9 +121,7 @@ class Runner:
         for alias in self.s.models:
             entry = {"alias": alias, "status": "pending"}
             try:
-                r = catalog.resolve(alias)
-                if r.source != "local" and not self._endpoint(alias):
-                    pass  # vLLM downloads Hub ids itself; transformers would too (offline: it fails, recorded)
+                r = catalog.resolve(alias)  # a Hub id passes through: the engine downloads it (or fails, recorded)
                 entry.update(location=r.location, source=r.source, variant=r.variant)
             except UserError as e:
                 entry.update(status="failed", reason=one_line(e.line().removeprefix("error: ")), variant=None,
@@ -157,6 +156,7 @@ class Runner:
     def run(self) -> dict:
         s = self.s
         started = time.time()
+        env = environment(self.argv if "--seed" in self.argv else [*self.argv, "--seed", str(s.seed)])
         plan = self.plan()
         if self.bar is not None:
             self.bar.total = sum(self.steps(e) for e in plan)
@@ -182,10 +182,12 @@ class Runner:
                 "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
                 "compile": s.compile, "backend": s.backend, "threads": s.threads, "seed": s.seed,
             },
-            "environment": environment(self.argv),
+            "environment": env,
             "bandwidth": bw,
             "variants": variants,
         }
+        if hasattr(os, "getloadavg"):
+            report["environment"]["load_average_end"] = list(os.getloadavg())
         self._quality(report, plan)
         return report
 
@@ -247,47 +249,44 @@ class Runner:
             engine.open()
             rec["engine"] = engine.info
             gpu = detect().has_gpu and s.engine == "vllm"
+
+            def tick(_result) -> None:
+                nonlocal done
+                done += 1
+                self._advance()
+
             rss = memory.PeakSampler(engine.rss_bytes)
             dev = memory.PeakSampler(lambda: sum(memory.gpu_used_bytes() or [0])) if gpu else None
-            with rss:
+            with contextlib.ExitStack() as samplers:
+                samplers.enter_context(rss)
                 if dev:
-                    dev.__enter__()
-                try:
-                    for sc in scenarios:
-                        rec["runs"][sc.name], rec["raw"][sc.name] = {}, {}
-                        pool = list(sc.requests)  # every request (warm-ups too) is sent once: no cache hits
-                        for i, c in enumerate(s.concurrency):
-                            warm = self.warmups(i, c)
-                            if warm:
-                                self._status(f"{alias}: {sc.name} c={c} warm-up")
-                                engine.run(pool[:warm], c)
-                                del pool[:warm]
-                            n = s.requests_per_level(c)
-                            reqs, pool = pool[:n], pool[n:]
-                            self._status(f"{alias}: {sc.name} c={c}")
-
-                            def tick(_r):
-                                nonlocal done
-                                done += 1
-                                self._advance()
-
-                            results, dur = engine.run(reqs, c, on_done=tick)
-                            summary = summarize(results, dur)
-                            summary["concurrency"] = c
-                            summary["requested_output_len"] = s.output_len
-                            rec["runs"][sc.name][str(c)] = summary
-                            rec["raw"][sc.name][str(c)] = [r.as_dict() for r in results]
-                            if summary["completed"] == 0:
-                                why = engine.failure_reason() or (summary.get("errors") or ["every request failed"])[0]
-                                raise VariantFailed(why)
-                    self._status(f"{alias}: quality prompts")
-                    for p in workload.QUALITY_PROMPTS[: s.quality_prompts]:
-                        rec["answers"].append(engine.answer(p, s.quality_tokens))
-                        done += 1
-                        self._advance()
-                finally:
-                    if dev:
-                        dev.__exit__(None, None, None)
+                    samplers.enter_context(dev)
+                for sc in scenarios:
+                    rec["runs"][sc.name], rec["raw"][sc.name] = {}, {}
+                    pool = list(sc.requests)  # every request (warm-ups too) is sent once: no cache hits
+                    for i, c in enumerate(s.concurrency):
+                        warm = self.warmups(i, c)
+                        if warm:
+                            self._status(f"{alias}: {sc.name} c={c} warm-up")
+                            engine.run(pool[:warm], c)
+                            del pool[:warm]
+                        n = s.requests_per_level(c)
+                        reqs, pool = pool[:n], pool[n:]
+                        self._status(f"{alias}: {sc.name} c={c}")
+                        results, dur = engine.run(reqs, c, on_done=tick)
+                        summary = summarize(results, dur)
+                        summary["concurrency"] = c
+                        summary["requested_output_len"] = s.output_len
+                        rec["runs"][sc.name][str(c)] = summary
+                        rec["raw"][sc.name][str(c)] = [r.as_dict() for r in results]
+                        if summary["completed"] == 0:
+                            why = engine.failure_reason() or (summary.get("errors") or ["every request failed"])[0]
+                            raise VariantFailed(why)
+                self._status(f"{alias}: quality prompts")
+                for p in workload.QUALITY_PROMPTS[: s.quality_prompts]:
+                    rec["answers"].append(engine.answer(p, s.quality_tokens))
+                    done += 1
+                    self._advance()
             rec["memory"] = {"rss_after_start_bytes": rss.first, "rss_peak_bytes": rss.peak,
                              "rss_samples": rss.samples, "device_peak_bytes": engine.device_peak_bytes()}
             if dev:

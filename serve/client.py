@@ -269,11 +269,18 @@ def chat(base_url: str, model: str | None, messages: list[dict], **kw) -> tuple[
     return last.text, last.stats
 
 
+def _http_error(e: BaseException | None, *names: str) -> bool:
+    """`e` is an httpx / httpx2 exception of one of these classes (or a subclass), found by name: openai may use
+    either library, and importing httpx here while another thread's request fails breaks openai's own check of
+    the loaded httpx ("partially initialized module 'httpx'")."""
+    return any(c.__name__ in names and c.__module__.split(".")[0] in ("httpx", "httpx2") for c in type(e).__mro__)
+
+
 def _is_connection_error(e: Exception) -> bool:
-    import httpx
     import openai
 
-    return isinstance(e, (openai.APIConnectionError, httpx.TransportError, httpx.StreamError, ConnectionError))
+    return isinstance(e, (openai.APIConnectionError, ConnectionError)) or \
+        _http_error(e, "TransportError", "StreamError")
 
 
 def _is_cut(e: Exception) -> bool:
@@ -284,19 +291,18 @@ def _is_cut(e: Exception) -> bool:
 
 
 def _user_error(e: Exception, base_url: str, model: str | None) -> UserError:
-    import httpx
     import openai
 
     if isinstance(e, openai.APITimeoutError):
         return UserError(f"the server at {base_url} did not answer in time", "raise the timeout, or check the server")
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e.__context__
-        if isinstance(cause, (httpx.RemoteProtocolError, httpx.ReadError)):
+        if _http_error(cause, "RemoteProtocolError", "ReadError"):
             return UserError(f"the server at {base_url} closed the connection mid-answer",
                              "it probably stopped or crashed: check its log")
         return UserError(f"cannot connect to the server at {base_url}",
                          "start one with `python -m serve --model ALIAS`, or check --base-url")
-    if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.StreamError)):
+    if _http_error(e, "RemoteProtocolError", "ReadError", "StreamError"):
         return UserError(f"the server at {base_url} closed the connection mid-answer",
                          "it probably stopped or crashed: check its log")
     if isinstance(e, openai.AuthenticationError):
@@ -312,7 +318,7 @@ def _user_error(e: Exception, base_url: str, model: str | None) -> UserError:
     if isinstance(e, openai.APIError):  # an error event in the stream
         return UserError(f"the server at {base_url} failed on the request: {_message(e)}",
                          "check the server's log (`python -m serve` prints the likely cause)")
-    if isinstance(e, httpx.HTTPError):
+    if _http_error(e, "HTTPError"):
         return UserError(f"connection to {base_url} failed: {type(e).__name__}: {e}", "check the server")
     return UserError(f"chat with {base_url} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                      "re-run with --debug for the traceback")

@@ -65,17 +65,20 @@ def one_line(text: str, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-_ERR = re.compile(r"\b([A-Z][A-Za-z]*(Error|Exception)): (.+)$")
+_ERR = re.compile(r"(?:^|\] |^\S+ )((?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)): (.+)$")
+_WRAPPERS = ("EngineDeadError", "EngineCore encountered an issue", "Worker failed with error")
 
 
 def error_from_log(text: str) -> str | None:
-    """The last `SomethingError: message` line of a server log (its real cause, usually)."""
-    found = None
+    """The root-cause `SomethingError: message` of a server log: the first one logged as an error (or printed
+    bare by a traceback), skipping warnings and the wrappers vLLM re-raises it in."""
     for line in (text or "").splitlines():
-        m = _ERR.search(line)
+        if " WARNING " in line or " INFO " in line or any(w in line for w in _WRAPPERS):
+            continue
+        m = _ERR.search(line.strip())
         if m:
-            found = f"{m.group(1)}: {m.group(3).strip()}"
-    return found
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    return None
 
 
 def make(kind: str, alias: str, location: str, modality: str, **kw) -> Engine:

@@ -192,12 +192,17 @@ class VllmEngine(Engine):
         return True
 
     def failure_reason(self) -> str | None:
-        if self.server is None or self.server.alive():
+        """Why every request failed, from the server's log (its engine may die while the API stays up)."""
+        if self.server is None:
             return None
         from serve.server import likely_cause
 
         tail = self.server.log_tail(200)
-        cause, _ = likely_cause(tail, self.server.proc.returncode)
+        alive = self.server.alive()
+        cause, _ = likely_cause(tail, None if alive else self.server.proc.returncode)
         err = error_from_log("\n".join(tail))
+        if alive and cause == "unknown cause" and not err:
+            return None
+        state = "the vLLM server failed" if alive else "the vLLM server died"
         detail = f" ({err})" if err and err not in cause else ""
-        return one_line(f"the vLLM server died: {cause}{detail}; log: {self.server.log_path}")
+        return one_line(f"{state}: {cause}{detail}; log: {self.server.log_path}")
