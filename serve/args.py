@@ -14,6 +14,7 @@ Rules (each in one place below):
   from the model and free RAM, VLLM_HOST_IP=127.0.0.1 (vLLM's internal queues stay on loopback);
 - the API key travels to vLLM in env VLLM_API_KEY (not argv, which every local user can read with `ps`);
   it is required when the server listens beyond loopback; printed commands mask it;
+- only safetensors weights are loaded (`--load-format safetensors`); no `--trust-remote-code` unless passed after `--`;
 - W4A16 checkpoints on a CPU without vLLM's int4 kernel are refused (`w4a16_refusal`) unless forced.
 """
 from __future__ import annotations
@@ -276,7 +277,8 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
             "--model", info.location,
             "--served-model-name", opts.served_name or info.served_name,
             "--host", opts.host, "--port", str(opts.port),
-            "--dtype", _dtype(info, hw)]
+            "--dtype", _dtype(info, hw),
+            "--load-format", "safetensors"]  # never unpickle .bin/.pt weights
     if max_len:
         argv += ["--max-model-len", str(max_len)]
     if info.modality == "vl":

@@ -100,7 +100,7 @@ def test_exact_cpu_command_tiny_vl():
     argv, env = vllm_command(info("vl"), CPU_AVX2, ServeOptions(port=8123, python="py"))
     assert argv == ["py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/art/tiny-vl",
                     "--served-model-name", "tiny-vl", "--host", "127.0.0.1", "--port", "8123",
-                    "--dtype", "bfloat16", "--max-model-len", "2048",
+                    "--dtype", "bfloat16", "--load-format", "safetensors", "--max-model-len", "2048",
                     "--limit-mm-per-prompt", '{"image":2,"video":0}', "--enforce-eager"]
     assert env == {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
                    "VLLM_HOST_IP": "127.0.0.1"}
@@ -172,7 +172,7 @@ def test_vl_gptq_gpu_command_pinned():
     assert argv == ["python", "-m", "vllm.entrypoints.openai.api_server",
                     "--model", "Vishva007/Qwen3-VL-8B-Instruct-W4A16-AutoRound-GPTQ",
                     "--served-model-name", "vl-gptq", "--host", "127.0.0.1", "--port", "8000",
-                    "--dtype", "bfloat16", "--max-model-len", "8192",
+                    "--dtype", "bfloat16", "--load-format", "safetensors", "--max-model-len", "8192",
                     "--limit-mm-per-prompt", '{"image":2,"video":0}',
                     "--gpu-memory-utilization", "0.9", "--tensor-parallel-size", "1"]
     assert env == {"VLLM_NO_USAGE_STATS": "1"}
