@@ -220,7 +220,11 @@ def render_md(report: dict) -> str:
                      _gb((v.get("engine") or {}).get("weights_bytes_loaded")), _gb(m.get("rss_after_start_bytes")), _gb(m.get("rss_peak_bytes")),
                      _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes"))])
     L += _table(head, rows)
-    if s.get("engine") == "transformers":
+    if hw.get("gpus"):
+        L += ["", "device peak = the GPU's used memory (nvidia-smi, every process on it) for vLLM, or torch's peak "
+                  "allocation for the transformers engine; vLLM reserves its KV cache up front "
+                  "(--gpu-memory-utilization), so its weights memory is the logged figure.", ""]
+    elif s.get("engine") == "transformers":
         L += ["", "RSS = resident memory of the bench process itself (the model runs in it; earlier variants' "
                   "freed memory may still count); weights in memory = the loaded model's parameters and buffers.", ""]
     else:

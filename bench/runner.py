@@ -60,11 +60,26 @@ def git_commit() -> str | None:
         return None
 
 
+EXTRA_PACKAGES = ("auto-round-lib", "numpy", "matplotlib", "safetensors", "tokenizers")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = dict(versions())
+    for p in EXTRA_PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
 def environment(argv: list[str]) -> dict:
     hw = detect()
     return {
         "hardware": hw.as_dict(),
-        "versions": versions(),
+        "versions": _versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "git_commit": git_commit(),
@@ -199,16 +214,15 @@ class Runner:
         return bw
 
     def _gpu_bandwidth(self) -> dict | None:
+        """GPU copy bandwidth measured in a child process, so that this process holds no CUDA context
+        (and no GPU memory) while vLLM sizes its KV cache from the free memory."""
+        code = "import json; from bench.roofline import measure_bandwidth; print(json.dumps(measure_bandwidth('cuda')))"
         try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return None
-            bw = roofline.measure_bandwidth("cuda")
-            torch.cuda.empty_cache()
-            return bw
-        except Exception:  # noqa: BLE001 - no CUDA torch beside a GPU vLLM: CPU copy only
-            return None
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               cwd=Path(__file__).resolve().parent.parent)
+            return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None  # no CUDA torch beside a GPU vLLM: the CPU copy stands
 
     def _status(self, text: str) -> None:
         if self.bar is not None:
@@ -256,7 +270,7 @@ class Runner:
                 self._advance()
 
             rss = memory.PeakSampler(engine.rss_bytes)
-            dev = memory.PeakSampler(lambda: sum(memory.gpu_used_bytes() or [0])) if gpu else None
+            dev = memory.PeakSampler(lambda: sum(memory.gpu_used_bytes() or [0]), interval_s=1.0) if gpu else None
             with contextlib.ExitStack() as samplers:
                 samplers.enter_context(rss)
                 if dev:
