@@ -16,7 +16,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -137,32 +136,9 @@ def launch(lp: LlamaLaunch, *, run_dir: str | Path | None = None, timeout_s: flo
     if checks:
         vs.check_port_free(lp.host, lp.port)
         check_engine(lp.argv[0])
-    run = Path(run_dir) if run_dir else vs.default_run_dir(lp.model.served_name)
-    run.mkdir(parents=True, exist_ok=True)
-    log_path = run / LOG_NAME
-    (run / "command.txt").write_text(lp.command + "\n")
-    env = {**os.environ, **lp.env, "PYTHONUNBUFFERED": "1"}
-    vs._hook_cleanup()
-    with open(log_path, "ab") as log:
-        log.write(f"$ {lp.command}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            lp.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run,
-            start_new_session=True,
-            preexec_fn=vs._parent_death_signal if threading.current_thread() is threading.main_thread() else None)
-    connect = vs._connect_host(lp.host)
-    url_host = f"[{connect}]" if ":" in connect else connect
-    srv = vs.Server(base_url=f"http://{url_host}:{lp.port}/v1", model=lp.model.served_name, api_key=lp.api_key,
-                    log_path=log_path, argv=lp.argv, pid=proc.pid, command=lp.command, proc=proc, host=lp.host,
-                    port=lp.port)
-    with vs._LIVE_LOCK:
-        vs._LIVE.add(srv)
-    try:
-        _wait_ready(srv, timeout_s, progress)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
+    return vs.spawn(lp.argv, lp.env, command=lp.command, served_name=lp.model.served_name, api_key=lp.api_key,
+                    host=lp.host, port=lp.port, log_name=LOG_NAME, run_dir=run_dir, wait=_wait_ready,
+                    timeout_s=timeout_s, progress=progress)
 
 
 def start_server(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_key: str | None = None,

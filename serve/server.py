@@ -368,28 +368,36 @@ def launch(lp: Launch, *, run_dir: str | Path | None = None, timeout_s: float = 
     opts = lp.opts
     if checks:
         preflight(lp)
-    run = Path(run_dir) if run_dir else default_run_dir(opts.served_name or lp.info.served_name)
+    return spawn(lp.argv, lp.env, command=lp.command, served_name=opts.served_name or lp.info.served_name,
+                 api_key=opts.api_key, host=opts.host, port=opts.port, log_name="vllm.log", run_dir=run_dir,
+                 wait=_wait_healthy, timeout_s=timeout_s, progress=progress)
+
+
+def spawn(argv: list[str], env: dict[str, str], *, command: str, served_name: str, api_key: str | None, host: str,
+          port: int, log_name: str, run_dir: str | Path | None, wait, timeout_s: float, progress: bool) -> Server:
+    """Start a server process (any engine) in its own session, logging to a run folder; wait(srv, timeout_s,
+    progress) until it answers, else stop its whole tree and re-raise. Every engine launches through here."""
+    run = Path(run_dir) if run_dir else default_run_dir(served_name)
     run.mkdir(parents=True, exist_ok=True)
-    log_path = run / "vllm.log"
-    (run / "command.txt").write_text(lp.command + "\n")
-    env = {**os.environ, **lp.env, "PYTHONUNBUFFERED": "1"}
+    log_path = run / log_name
+    (run / "command.txt").write_text(command + "\n")
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     _hook_cleanup()
     with open(log_path, "ab") as log:
-        log.write(f"$ {lp.command}\n".encode())
+        log.write(f"$ {command}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            lp.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run,
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=run,
             start_new_session=True,
             preexec_fn=_parent_death_signal if threading.current_thread() is threading.main_thread() else None)
-    connect = _connect_host(opts.host)
+    connect = _connect_host(host)
     url_host = f"[{connect}]" if ":" in connect else connect
-    srv = Server(base_url=f"http://{url_host}:{opts.port}/v1", model=opts.served_name or lp.info.served_name,
-                 api_key=opts.api_key, log_path=log_path, argv=lp.argv, pid=proc.pid, command=lp.command,
-                 proc=proc, host=opts.host, port=opts.port)
+    srv = Server(base_url=f"http://{url_host}:{port}/v1", model=served_name, api_key=api_key, log_path=log_path,
+                 argv=argv, pid=proc.pid, command=command, proc=proc, host=host, port=port)
     with _LIVE_LOCK:
         _LIVE.add(srv)
     try:
-        _wait_healthy(srv, timeout_s, progress)
+        wait(srv, timeout_s, progress)
     except BaseException:
         srv.stop()
         raise

@@ -346,7 +346,7 @@ def test_cli_reports_vllm_dying_at_start(artifact, tmp_path):
     assert "-m vllm.entrypoints.openai.api_server" in (tmp_path / "engine-calls").read_text()
     *context, last = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert last.startswith("error: vLLM exited") and "context length" in last and "full log: " in last
-    assert "last lines of vLLM's log:" in context and any("max_model_len" in ln for ln in context)
+    assert "last lines of the server's log:" in context and any("max_model_len" in ln for ln in context)
     assert Path(last.rsplit("full log: ", 1)[1]).is_file()
     assert "Traceback" not in last
     assert not vllm_procs_for(str(bad))
