@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
     hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
     choice = E.decide(args.model, hw, args.engine)
-    print(f"engine: {choice.engine} — {choice.reason}", flush=True)
     if choice.engine == "llamacpp":
         from serve import llamacpp as L
 
@@ -132,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
                     enforce_eager=args.enforce_eager, hw=hw)
         launch = S.launch
+    # the engine line goes to stderr after every check: a refused start prints one error line and nothing else,
+    # and stdout starts with the exact command
     if args.dry_run:
+        print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
         print(f"$ {lp.command}", flush=True)
         return 0
     if choice.engine == "llamacpp":
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         L.check_engine(lp.argv[0])
     else:
         S.preflight(lp)
+    print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
     print(f"$ {lp.command}", flush=True)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -226,7 +226,7 @@ def _bad_model(tmp_path: Path, kind: str) -> str:
     ("unreadable dataset", ["--model", "tiny-text", "--dataset", "@badjson", "--output", "@empty"],
      "is not valid JSON (line 2)"),
     ("asymmetric", ["--model", "tiny-text", "--asym"], "asymmetric quantization is not supported"),
-    ("unknown format", ["--model", "tiny-text", "--formats", "gptq,gguf"], "unknown format 'gguf'"),
+    ("unknown format", ["--model", "tiny-text", "--formats", "gptq,exl2"], "unknown format 'exl2'"),
     ("output exists", ["--model", "tiny-vl", "--formats", "gptq"], "output exists"),
     ("push offline", ["--model", "tiny-text", "--push-to-hub", "me/tiny", "--output", "@empty"],
      "--push-to-hub needs the network but HF_HUB_OFFLINE is set"),
