@@ -48,11 +48,15 @@ def parser() -> argparse.ArgumentParser:
                    help="extra vLLM argument, repeatable (e.g. --server-arg=--max-num-seqs=8)")
     p.add_argument("--force", action="store_true",
                    help="start servers even where serve knows they will fail (e.g. W4A16 on a CPU without the kernel)")
+    p.add_argument("--cpu-int4", default="",
+                   help="vLLM on CPU: measure each W4A16 variant with these int4 paths, as ALIAS@PATH variants "
+                        "(e.g. w4a8,w4a16; default: serve's choice, see `python -m serve --help`)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="transformers engine: compiled static-cache decoding (auto: on)")
     p.add_argument("--backend", default="auto", help="transformers engine: AutoRound kernel backend for W4 (default auto)")
     p.add_argument("--threads", type=int,
-                   help="transformers engine on CPU: threads for torch and AutoRound's kernels (default: all cores)")
+                   help="CPU threads: torch and AutoRound's kernels (transformers), llama.cpp's n_threads and the cores "
+                        "vLLM's CPU worker is bound to (servers; default: each engine's own choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     return p
@@ -67,6 +71,14 @@ def _ints(text: str, what: str) -> list[int]:
         raise UserError(f"{what} must be positive integers separated by commas, got '{text}'",
                         f"e.g. --{what} 1,4,16")
     return sorted(set(vals))
+
+
+def _cpu_int4(text: str) -> list[str]:
+    paths = [x.strip().lower() for x in text.split(",") if x.strip()]
+    bad = [x for x in paths if x not in ("w4a8", "w4a16")]
+    if bad:
+        raise UserError(f"unknown --cpu-int4 path '{bad[0]}'", "use w4a8, w4a16 or both: --cpu-int4 w4a8,w4a16")
+    return list(dict.fromkeys(paths))
 
 
 def _endpoints(text: str, models: list[str]) -> dict[str, str]:
@@ -135,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}", "pass a positive --threads")
-        if args.engine != "transformers":
-            raise UserError("--threads is for --engine transformers",
-                            "vLLM's CPU worker binds its own threads (VLLM_CPU_OMP_THREADS_BIND)")
-        # before torch and AutoRound's kernel library load: that library runs its own OpenMP pool,
-        # which reads OMP_NUM_THREADS and ignores torch.set_num_threads
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        if args.engine == "transformers":
+            # before torch and AutoRound's kernel library load: that library runs its own OpenMP pool,
+            # which reads OMP_NUM_THREADS and ignores torch.set_num_threads
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        else:  # servers: llama.cpp gets n_threads; vLLM's CPU worker is bound to that many cores
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
     if endpoints and args.engine != "vllm":
         raise UserError("--endpoint works with --engine vllm only", "drop --endpoint, or use --engine vllm")
     notes = _notes(args.notes)
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                         image=args.image, quality_tokens=args.quality_tokens,
                         quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
                         server_args=list(args.server_arg), force=args.force, seed=args.seed, compile=args.compile, backend=args.backend, threads=args.threads,
-                        debug=args.debug)
+                        cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -85,7 +85,9 @@ def derive(report: dict) -> dict:
             "decode_tok_s_bs1",
             "output_tok_s_bs1", "output_tok_s_top", "ttft_ms_bs1", "tpot_ms_bs1", "ttft_ms_image_bs1")
     for v in variants:
-        row = {"alias": v["alias"], "status": v.get("status"), "reason": v.get("reason"), "format": v.get("format")}
+        eng = v.get("engine") or {}
+        row = {"alias": v["alias"], "status": v.get("status"), "reason": v.get("reason"), "format": v.get("format"),
+               "server": eng.get("server") or eng.get("engine"), "threads": eng.get("threads") or eng.get("torch_threads")}
         if v.get("status") == "ok":
             for k in keys:
                 row[k] = metric(v, k)
@@ -140,17 +142,18 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
     d = d or derive(report)
     top = d["top_concurrency"]
     mem_key, mem_head = memory_column(report)
-    head = ["variant", "status", "weights on disk GB", "bytes read/token GB", mem_head, "bs1 decode tok/s",
+    head = ["variant", "status", "engine", "threads", "weights on disk GB", "bytes read/token GB", mem_head,
+            "bs1 decode tok/s",
             "% of BW limit", f"c={top} out tok/s", "TTFT ms (bs1)", "TPOT ms (bs1)",
             "decode x base", f"c={top} x base", "weights x base", "memory x base"]
     rows = []
     for r in d["rows"]:
         if r["status"] != "ok":
-            rows.append([r["alias"], "**failed**", *["–"] * 12])
+            rows.append([r["alias"], "**failed**", *["–"] * 14])
             continue
         xb = r.get("x_baseline") or {}
         mem, memx = r[mem_key], xb.get(mem_key)
-        rows.append([r["alias"], "ok", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
+        rows.append([r["alias"], "ok", r.get("server") or "–", r.get("threads") or "–", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
                      _f(r["decode_tok_s_bs1"]), _f(r["roofline"]["pct_of_limit"], 0, "%"),
                      _f(r["output_tok_s_top"]), _f(r["ttft_ms_bs1"], 0), _f(r["tpot_ms_bs1"], 1),
                      _x(xb.get("decode_tok_s_bs1")), _x(xb.get("output_tok_s_top")),

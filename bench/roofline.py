@@ -53,10 +53,46 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def gguf_group_of(name: str) -> str:
+    """The same groups for llama.cpp's tensor names (token_embd, output, blk.N.*, mm.* / v.* for a projector)."""
+    if name.startswith(("v.", "mm.")):
+        return "vision"
+    if name.startswith("token_embd."):
+        return "embedding"
+    if name.startswith("output."):
+        return "lm_head"
+    if name.startswith("blk.") and "norm" not in name:
+        return "decoder_linear"
+    return "other"
+
+
+def gguf_weights(path: Path) -> dict:
+    """`weights` for a .gguf file: sizes from its tensor table (gguf-py's reader maps the file, loads nothing)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    groups = {g: 0 for g in GROUPS}
+    dtypes: dict[str, dict[str, int]] = {g: {} for g in GROUPS}
+    for t in reader.tensors:
+        g, b, ty = gguf_group_of(t.name), int(t.n_bytes), t.tensor_type.name
+        groups[g] += b
+        dtypes[g][ty] = dtypes[g].get(ty, 0) + b
+    per_token = groups["decoder_linear"] + groups["other"] + groups["lm_head"]
+    tied = groups["lm_head"] == 0
+    if tied:
+        per_token += groups["embedding"]
+    return {"files": 1, "tensors": len(reader.tensors), "gguf_bytes": path.stat().st_size,
+            "bytes_by_group": groups, "dtypes_by_group": {g: v for g, v in dtypes.items() if v},
+            "tied_embeddings": tied, "bytes_per_token": per_token}
+
+
 def weights(model_dir: str | Path) -> dict:
-    """Bytes by group and dtype from the safetensors headers, and bytes read per decoded token."""
+    """Bytes by group and dtype from the safetensors headers (or a GGUF's tensor table), and bytes read per
+    decoded token."""
     d = Path(model_dir)
     files = sorted(d.glob("*.safetensors"))
+    if not files and (ggufs := sorted(d.glob("*.gguf")) if d.is_dir() else ([d] if d.suffix == ".gguf" else [])):
+        return gguf_weights(ggufs[0])
     if not files:
         raise FileNotFoundError(f"no .safetensors files in {d}")
     groups = {g: 0 for g in GROUPS}

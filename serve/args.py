@@ -15,7 +15,9 @@ Rules (each in one place below):
 - the API key travels to vLLM in env VLLM_API_KEY (not argv, which every local user can read with `ps`);
   it is required when the server listens beyond loopback; printed commands mask it;
 - only safetensors weights are loaded (`--load-format safetensors`); no `--trust-remote-code` unless passed after `--`;
-- W4A16 checkpoints on a CPU without vLLM's int4 kernel are refused (`w4a16_refusal`) unless forced.
+- W4A16 checkpoints on a CPU without vLLM's int4 kernel are refused (`w4a16_refusal`) unless forced;
+- CPU int4 path (`cpu_int4`): on AVX-512 VNNI CPUs without AMX, vLLM's own W4A8 kernel (int8 activations) instead
+  of its compute-bound wna16 one, through env QWEN_W4_CPU_INT4=w4a8 and the plugin in serve/vllm_plugin.py.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class ServeOptions:
     python: str = "python"  # the interpreter that has vLLM
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # after `--`, passed verbatim
     force: bool = False  # start even where a known limitation says it will fail
+    cpu_int4: str = "auto"  # CPU W4A16 kernel path: auto | w4a8 | w4a16 (see cpu_int4)
 
 
 # ---------------------------------------------------------------- reading a checkpoint
@@ -214,6 +217,26 @@ def w4a16_refusal(info: ModelInfo, hw: Hardware) -> UserError | None:
         f"(--force starts it anyway; it fails on the first request){gguf}")
 
 
+CPU_INT4_PATHS = ("auto", "w4a8", "w4a16")
+CPU_INT4_ENV = "QWEN_W4_CPU_INT4"  # read by serve/vllm_plugin.py inside vLLM's processes
+
+
+def cpu_int4(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str | None:
+    """Which of vLLM's CPU int4 paths a W4A16 checkpoint takes: "w4a8" (int4 weights, int8 per-token activations,
+    `int4_scaled_mm_cpu`) or "w4a16" (`cpu_gemm_wna16`, bf16 math); None where it does not apply (GPU, 16-bit).
+    auto: w4a8 wherever the CPU has AVX-512 VNNI (vLLM itself picks it on AMX CPUs; the plugin extends that
+    choice to VNNI CPUs without AMX, where wna16 is slower than bf16), else w4a16. This is the kernel of GPTQ, AWQ and
+    compressed-tensors checkpoints; vLLM runs AutoRound checkpoints (`inc`) on CPU with AutoRound's own kernel
+    (auto-round-lib, in the `cpu` extra) whatever this says."""
+    if requested not in CPU_INT4_PATHS:
+        raise UserError(f"unknown CPU int4 path '{requested}'", f"use --cpu-int4 {'|'.join(CPU_INT4_PATHS)}")
+    if hw.has_gpu or not info.is_w4a16:
+        return None
+    if requested != "auto":
+        return requested
+    return "w4a8" if hw.flag("avx512_vnni") or hw.flag("amx_tile") else "w4a16"
+
+
 def kv_cache_gib(info: ModelInfo, hw: Hardware, max_model_len: int | None, sequences: int = 4) -> int:
     """CPU KV-cache size (GiB, an integer as vLLM wants): room for `sequences` full-length sequences,
     at least 1, at most a quarter of the free RAM (never the 90% vLLM reserves when unset)."""
@@ -299,6 +322,12 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.kv_cache_gib or kv_cache_gib(info, hw, max_len))
         env["VLLM_HOST_IP"] = "127.0.0.1"
+        path = cpu_int4(info, hw, opts.cpu_int4)
+        if path == "w4a8":
+            env[CPU_INT4_ENV] = "w4a8"
+            env["VLLM_CPU_INT4_W4A8"] = "1"
+        elif path == "w4a16":
+            env["VLLM_CPU_INT4_W4A8"] = "0"  # also on AMX CPUs, where vLLM would take W4A8 itself
     if _eager(opts, hw):
         argv.append("--enforce-eager")
     if api_key:

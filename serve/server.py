@@ -33,7 +33,7 @@ import psutil
 from core import catalog
 from core.errors import UserError
 from core.hardware import Hardware, detect
-from serve.args import (VLLM_PYTHON_ENV, ModelInfo, ServeOptions, default_api_key, model_info,
+from serve.args import (CPU_INT4_ENV, VLLM_PYTHON_ENV, ModelInfo, ServeOptions, default_api_key, model_info,
                         shown_command, vllm_command)
 
 HUB_HOST = ("huggingface.co", 443)
@@ -72,7 +72,7 @@ def plan(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_ke
          engine_python: str | None = None, force: bool = False, tensor_parallel_size: int = 1,
          pipeline_parallel_size: int = 1, distributed_backend: str | None = None,
          gpu_memory_utilization: float = 0.90, kv_cache_gib: int | None = None,
-         enforce_eager: bool | None = None, hw: Hardware | None = None) -> Launch:
+         enforce_eager: bool | None = None, cpu_int4: str | None = None, hw: Hardware | None = None) -> Launch:
     """Resolve the model and build vLLM's command. `port=None` picks a free port on `host`."""
     if port is not None and not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a valid port", "use 1-65535, or 0 to pick a free one")
@@ -89,7 +89,8 @@ def plan(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_ke
         distributed_backend=distributed_backend, gpu_memory_utilization=gpu_memory_utilization,
         kv_cache_gib=kv_cache_gib or _env_int("VLLM_CPU_KVCACHE_SPACE"), enforce_eager=enforce_eager,
         python=engine_python or os.environ.get(VLLM_PYTHON_ENV) or sys.executable,
-        extra_args=tuple(extra_args), force=force)
+        extra_args=tuple(extra_args), force=force,
+        cpu_int4=(cpu_int4 or os.environ.get(CPU_INT4_ENV) or "auto").strip().lower())
     argv, env = vllm_command(info, hw, opts)
     return Launch(info, hw, opts, argv, env)
 

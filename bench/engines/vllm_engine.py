@@ -1,4 +1,6 @@
-"""vLLM's OpenAI server as the engine: started through `serve` (one at a time) or an existing endpoint.
+"""An OpenAI server as the engine, started through `serve` (one at a time) or an existing endpoint: vLLM for
+safetensors variants, llama.cpp for GGUF variants (serve's own rule for GGUF; no `auto` switching here, so
+`bench-text` always means vLLM bf16 and the two engines are measured side by side in one run).
 
 Requests go through `serve.client.stream_chat` (the project's one client) from a thread pool with
 `concurrency` workers, streaming, greedy, with the output length forced (`ignore_eos`, `min_tokens`).
@@ -44,8 +46,11 @@ class VllmEngine(Engine):
 
     def __init__(self, alias: str, location: str, modality: str, endpoint: str | None = None,
                  api_key: str | None = None, server_args: tuple[str, ...] = (), force: bool = False,
-                 start_timeout_s: float = 900, request_timeout_s: float = 600):
+                 start_timeout_s: float = 900, request_timeout_s: float = 600, threads: int | None = None,
+                 cpu_int4: str | None = None):
         super().__init__(alias, location, modality)
+        self.threads = threads
+        self.cpu_int4 = cpu_int4
         self.endpoint = normalize_endpoint(endpoint) if endpoint else None
         self.api_key = api_key
         self.server_args = tuple(server_args)
@@ -71,12 +76,29 @@ class VllmEngine(Engine):
             self.info["threads"] = threads
 
     def _start(self) -> None:
-        from serve.server import start_server
+        from quantize.gguf import find_file
 
         name = self.alias if self.alias in catalog.VARIANTS else self.location
+        gguf = find_file(Path(self.location)) if self.location and Path(self.location).exists() else None
         t0 = time.perf_counter()
-        self.server = start_server(name, extra_args=self.server_args, timeout_s=self.start_timeout_s,
-                                   progress=False, force=self.force)
+        if gguf is not None:
+            from serve.llamacpp import start_server as start_llamacpp
+
+            self.server = start_llamacpp(name, timeout_s=self.start_timeout_s, progress=False,
+                                         n_threads=self.threads)
+            self.info.update(server="llama.cpp", gguf_file=gguf.name)
+            if self.threads:
+                self.info["threads"] = self.threads
+        else:
+            from serve.server import start_server
+
+            self.server = start_server(name, extra_args=self.server_args, timeout_s=self.start_timeout_s,
+                                       progress=False, force=self.force, cpu_int4=self.cpu_int4)
+            self.info["server"] = "vLLM"
+            if "QWEN_W4_CPU_INT4=w4a8" in self.server.command:
+                self.info["cpu_int4"] = "w4a8"
+            elif "VLLM_CPU_INT4_W4A8=0" in self.server.command:
+                self.info["cpu_int4"] = "w4a16"
         self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True,
                          argv=list(getattr(self.server, "argv", []) or []),
                          log_path=str(getattr(self.server, "log_path", "") or ""))
@@ -203,6 +225,7 @@ class VllmEngine(Engine):
         err = error_from_log("\n".join(tail))
         if alive and cause == "unknown cause" and not err:
             return None
-        state = "the vLLM server failed" if alive else "the vLLM server died"
+        what = self.info.get("server", "vLLM")
+        state = f"the {what} server failed" if alive else f"the {what} server died"
         detail = f" ({err})" if err and err not in cause else ""
         return one_line(f"{state}: {cause}{detail}; log: {self.server.log_path}")

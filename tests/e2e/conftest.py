@@ -53,18 +53,19 @@ def server(artifact):
     live: OrderedDict[str, object] = OrderedDict()
 
     def get(alias: str, **kw):
-        if alias in live:
-            live.move_to_end(alias)
-            srv = live[alias]
+        key = (alias, tuple(sorted(kw.items())))  # the same alias with other serve options is another server
+        if key in live:
+            live.move_to_end(key)
+            srv = live[key]
             if srv.alive():
                 return srv
-            live.pop(alias)
+            live.pop(key)
         artifact(alias)
         while len(live) >= MAX_LIVE:
             _, old = live.popitem(last=False)
             old.stop()
         srv = start_server(alias, **kw)
-        live[alias] = srv
+        live[key] = srv
         return srv
 
     yield get

@@ -157,3 +157,30 @@ def test_gguf_lint_rules_catch_hand_made_bad_headers():
     assert any("architecture" in m for m in errs({**good, "architecture": "llama"}))
     assert [p.message for p in check_files({"a.gguf", "b.gguf", "config.json", "tokenizer_config.json"})] == \
         ["expected one .gguf file, found 2"]
+
+
+def test_bench_serves_gguf_variants_with_llamacpp(ggufs, tmp_path):
+    """`python -m bench` on GGUF folders: each is served by llama.cpp (through serve/llamacpp.py), measured with the
+    same client and report as vLLM variants; forced output lengths hold, bytes per token come from the GGUF
+    tensor table, and the Q4_0 file reads under half the bytes of the BF16 one."""
+    out = tmp_path / "report"
+    n_out, prompts = 8, 2
+    cmd = [sys.executable, "-m", "bench", "--models", f"{ggufs['bf16']},{ggufs['q4_0']}", "--concurrency", "1",
+           "--prompts", str(prompts), "--input-len", "32", "--output-len", str(n_out), "--quality-tokens", "8",
+           "--threads", "1", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    v = {Path(x["alias"]).name: x for x in rep["variants"]}
+    for name in ("tiny-text-gguf-bf16", "tiny-text-gguf"):
+        x = v[name]
+        assert x["status"] == "ok", x["reason"]
+        assert x["engine"]["server"] == "llama.cpp" and x["engine"]["threads"] == 1
+        raw = x["raw"]["text"]["1"]
+        assert len(raw) == prompts and all(q["ok"] and q["output_tokens"] == n_out for q in raw), raw
+        assert x["runs"]["text"]["1"]["total_output_tokens"] == prompts * n_out
+    rows = {Path(x["alias"]).name: x for x in rep["derived"]["rows"]}
+    b16, q4 = rows["tiny-text-gguf-bf16"], rows["tiny-text-gguf"]
+    assert 0 < q4["bytes_per_token"] < 0.5 * b16["bytes_per_token"]
+    assert q4["x_baseline"]["decode_tok_s_bs1"] == pytest.approx(q4["decode_tok_s_bs1"] / b16["decode_tok_s_bs1"])
+    assert "| llama.cpp | 1 |" in (out / "report.md").read_text()

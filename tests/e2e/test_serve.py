@@ -363,13 +363,58 @@ def test_w4a16_formats(fmt, artifact, server):
     if W4_OK:  # this machine's vLLM has the int4 kernel: serve it and chat with an image
         from serve.client import chat, user_message
 
+        from serve.args import model_info, cpu_int4
+        from serve.vllm_plugin import LOG_LINE
+
         srv = server(alias)
         text, stats = chat(srv.base_url, srv.model, [user_message("What colour is this?", [png_bytes()])],
                            api_key=srv.api_key, max_tokens=16)
         assert text.strip() and stats.output_tokens > 0 and stats.prompt_tokens > 16
+        # serve's CPU int4 path for GPTQ/AWQ: W4A8 where the CPU has VNNI (the plugin says so in vLLM's log), else
+        # wna16; AutoRound checkpoints (vLLM's `inc`) run AutoRound's own kernel (auto-round-lib) on CPU instead
+        log = srv.log_path.read_text()
+        path = cpu_int4(model_info(catalog.resolve(alias)), detect())
+        assert (LOG_LINE in log) == (path == "w4a8" and not detect().flag("amx_tile") and fmt != "autoround")
+        if fmt == "autoround" and not detect().has_gpu:
+            assert "Successfully loaded auto_round_kernel" in log
     else:  # refused before anything starts, with the reason and what to do
         r = run_mod("serve", "--model", alias, "--port", "0")
         line = assert_one_line_error(r, f"W4A16 checkpoint '{alias}'", "AVX-512", "bf16 variant (tiny-vl)")
         assert W4_WHY in line
         assert r.stdout == ""
         assert not vllm_procs_for(str(path))
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "autoround"])
+def test_w4a16_greedy_matches_transformers(fmt, artifact, server):
+    """On vLLM's bf16-math int4 path (`--cpu-int4 w4a16` on CPU), greedy tokens for an image prompt equal those of
+    transformers on the same artifact (reloaded the way quantize verifies it: AutoRound's kernels for GPTQ and
+    AutoRound, the packed AWQ weights dequantized for AWQ)."""
+    if not W4_OK:
+        pytest.skip(f"this machine's vLLM cannot serve W4A16: {W4_WHY}")
+    import torch
+    from openai import OpenAI
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from quantize.verify import load_export
+    from serve.client import user_message
+
+    alias, n = f"tiny-vl-{fmt}", 12
+    path = artifact(alias)
+    srv = server(alias, **({} if detect().has_gpu else {"cpu_int4": "w4a16"}))
+    img = Image.new("RGB", (96, 64), (220, 30, 30))
+    r = OpenAI(base_url=srv.base_url, api_key=srv.api_key or "EMPTY", max_retries=0).chat.completions.create(
+        model=srv.model, messages=[user_message("Describe the picture.", [img])], max_tokens=n, temperature=0.0,
+        logprobs=True, extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+    served = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
+
+    proc = AutoProcessor.from_pretrained(path)
+    model, _ = load_export(path, fmt, "vl", "cpu", base_dir=artifact("tiny-vl"))
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                  {"type": "text", "text": "Describe the picture."}]}],
+                                    add_generation_prompt=True)
+    inputs = proc(text=[text], images=[img], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+    assert served == out[0, inputs["input_ids"].shape[1]:].tolist()

@@ -1,10 +1,11 @@
 """Hardware detection and the doctor report."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from core.hardware import Gpu, Hardware, detect
+from core.hardware import HIDE_FLAGS_ENV, Gpu, Hardware, detect
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,7 +15,16 @@ def test_detect_reads_this_machine():
     assert hw.cores >= 1 and hw.mem_total_gib > 0
     assert hw.device in ("cpu", "cuda")
     cpuinfo = Path("/proc/cpuinfo").read_text()
-    assert hw.flag("avx512f") == (" avx512f" in cpuinfo)
+    hidden = "avx512f" in os.environ.get(HIDE_FLAGS_ENV, "").split(",")
+    assert hw.flag("avx512f") == (" avx512f" in cpuinfo and not hidden)
+
+
+def test_hidden_flags_plan_for_a_smaller_cpu():
+    code = "from core.hardware import detect; h = detect(); print(h.flag('avx512f'), h.w4a16_serving[0])"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, HIDE_FLAGS_ENV: "avx512f,avx512_bf16"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]
 
 
 def test_w4a16_serving_rules():

@@ -10,11 +10,13 @@ import pytest
 from core import catalog
 from core.errors import UserError
 from core.hardware import Gpu, Hardware
-from serve.args import (MASK, ModelInfo, ServeOptions, info_from_config, is_loopback, kv_cache_gib, model_info,
-                        read_config, shown_command, vllm_command)
+from serve.args import (MASK, ModelInfo, ServeOptions, cpu_int4, info_from_config, is_loopback, kv_cache_gib,
+                        model_info, read_config, shown_command, vllm_command)
 
 CPU_AVX2 = Hardware("AMD EPYC", 2, ("avx2",), 23.5, 20.0, ())
 CPU_AVX512 = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw"), 23.5, 20.0, ())
+CPU_AVX512_NO_VNNI = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512bw"), 23.5, 20.0, ())
+CPU_AMX = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16"), 23.5, 20.0)
 GPU1 = Hardware("Xeon", 16, ("avx2", "avx512f"), 128.0, 120.0, (Gpu("NVIDIA H100", 80.0),))
 GPU2 = Hardware("Xeon", 16, ("avx2", "avx512f"), 128.0, 120.0, (Gpu("NVIDIA H100", 80.0),) * 2)
 HW = {"cpu-avx2": CPU_AVX2, "cpu-avx512": CPU_AVX512, "gpu": GPU1}
@@ -134,6 +136,25 @@ def test_mapping_matrix(modality, fmt, hw_name):
         assert f["--enforce-eager"] is True
         assert "--gpu-memory-utilization" not in f and "--tensor-parallel-size" not in f
         assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["VLLM_HOST_IP"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("hw,requested,path", [
+    (CPU_AVX512, "auto", "w4a8"), (CPU_AMX, "auto", "w4a8"), (CPU_AVX512_NO_VNNI, "auto", "w4a16"),
+    (CPU_AVX512, "w4a16", "w4a16"), (CPU_AVX512_NO_VNNI, "w4a8", "w4a8"), (GPU1, "auto", None), (GPU1, "w4a8", None)])
+def test_cpu_int4_path(hw, requested, path):
+    assert cpu_int4(info("vl", "gptq"), hw, requested) == path
+    assert cpu_int4(info("vl", "bf16"), hw, requested) is None  # 16-bit: nothing to choose
+    _, env = vllm_command(info("vl", "gptq"), hw, ServeOptions(python="py", cpu_int4=requested))
+    assert env.get("QWEN_W4_CPU_INT4") == ("w4a8" if path == "w4a8" else None)
+    assert env.get("VLLM_CPU_INT4_W4A8") == {"w4a8": "1", "w4a16": "0", None: None}[path]
+    _, env16 = vllm_command(info("vl", "bf16"), hw, ServeOptions(python="py", cpu_int4=requested))
+    assert "QWEN_W4_CPU_INT4" not in env16 and "VLLM_CPU_INT4_W4A8" not in env16
+
+
+def test_cpu_int4_unknown_path():
+    with pytest.raises(UserError) as e:
+        cpu_int4(info("vl", "gptq"), CPU_AVX512, "w2a8")
+    assert "w2a8" in e.value.what and "--cpu-int4" in e.value.todo
 
 
 def test_options_override_defaults():

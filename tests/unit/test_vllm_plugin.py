@@ -1,0 +1,61 @@
+"""serve/vllm_plugin.py: registered as a vLLM general plugin; acts only with QWEN_W4_CPU_INT4=w4a8, and then only
+inside vLLM's weight processing of its CPU int4 kernel (what it does in a real server: tests/e2e/test_serve.py)."""
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytest.importorskip("vllm")
+
+PROBE = """
+import torch
+from serve import vllm_plugin
+from vllm.model_executor.kernels.linear.mixed_precision import cpu as k
+before = k.CPUWNA16LinearKernel.process_weights_after_loading
+vllm_plugin.register(); vllm_plugin.register()  # idempotent
+after = k.CPUWNA16LinearKernel.process_weights_after_loading
+seen = []
+def fake(self, layer):
+    seen.append(torch.cpu._is_amx_tile_supported())
+if after is not before:
+    import types
+    closure = {c.cell_contents.__name__: c for c in after.__closure__ if callable(c.cell_contents)
+               and getattr(c.cell_contents, "__name__", "") == "process_weights_after_loading"}
+    closure["process_weights_after_loading"].cell_contents = fake
+    after(None, types.SimpleNamespace())
+print(after is not before, seen, torch.cpu._is_amx_tile_supported())
+"""
+
+
+def _probe(env_value: str | None) -> list[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "QWEN_W4_CPU_INT4"}
+    if env_value is not None:
+        env["QWEN_W4_CPU_INT4"] = env_value
+    r = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip().splitlines()[-1]
+
+
+def test_entry_point_is_registered():
+    eps = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert eps.get("qwen_w4_cpu_int4") == "serve.vllm_plugin:register"
+
+
+def test_inactive_without_the_variable():
+    assert _probe(None) == f"False [] {_amx()}"
+    assert _probe("w4a16") == f"False [] {_amx()}"
+
+
+def test_w4a8_sees_amx_only_inside_weight_processing():
+    assert _probe("w4a8") == f"True [True] {_amx()}"
+
+
+def _amx() -> bool:
+    import torch
+
+    return torch.cpu._is_amx_tile_supported()
