@@ -211,6 +211,7 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
     text, chunks, gaps = "", 0, []
     usage = None
     finish = None
+    got_chunk = False
     t0 = time.perf_counter()
     t_first = t_last = None
     stream = None
@@ -219,6 +220,7 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
             model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
             stream_options={"include_usage": True}, extra_body=extra_body or None, **params)
         for chunk in stream:
+            got_chunk = True  # the server answers (its first chunk may carry no text yet)
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
             for choice in chunk.choices or ():
@@ -239,7 +241,7 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - openai / httpx errors become one line
-        if t_first is not None and _is_cut(e):
+        if (t_first is not None or got_chunk) and _is_cut(e):
             detail = "" if _is_connection_error(e) else f": {_message(e)}"
             raise UserError(f"the server at {base_url} stopped mid-answer (after {chunks} chunks){detail}",
                             "it probably stopped or crashed: check its log") from None
