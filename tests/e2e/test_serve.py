@@ -8,7 +8,6 @@ no process) where it has not. Process-table checks use psutil on the exact proce
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import queue
@@ -24,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cli_run import assert_one_line_error, png_bytes, run_mod
 from core import catalog
 from core.hardware import detect
 
@@ -31,29 +31,6 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 W4_OK, W4_WHY = detect().w4a16_serving
 START_TIMEOUT_S = 600
-
-
-def run_mod(module: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode != 0, f"expected a failure:\n{r.stdout}\n{r.stderr}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one error line, got:\n{r.stderr}"
-    assert "Traceback" not in r.stdout + r.stderr
-    for n in needles:
-        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    return lines[0]
-
-
-def png_bytes(color=(220, 30, 30), size=(96, 64)) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def vllm_procs_for(path_part: str) -> list[psutil.Process]:
