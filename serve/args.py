@@ -324,7 +324,8 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
         env["VLLM_HOST_IP"] = "127.0.0.1"
         path = cpu_int4(info, hw, opts.cpu_int4)
         if path == "w4a8":
-            env[CPU_INT4_ENV] = "w4a8"
+            if not hw.flag("amx_tile"):  # with AMX vLLM takes W4A8 by itself; the plugin is for CPUs without it
+                env[CPU_INT4_ENV] = "w4a8"
             env["VLLM_CPU_INT4_W4A8"] = "1"
         elif path == "w4a16":
             env["VLLM_CPU_INT4_W4A8"] = "0"  # also on AMX CPUs, where vLLM would take W4A8 itself

@@ -41,7 +41,7 @@ def register() -> None:
             return original(self, layer)
         finally:
             torch.cpu._is_amx_tile_supported = real
-            if not said and getattr(layer, "use_w4a8", False):
+            if not said and not real() and getattr(layer, "use_w4a8", False):
                 said.append(True)
                 log.warning("%s", LOG_LINE)
 

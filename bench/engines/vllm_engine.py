@@ -95,7 +95,7 @@ class VllmEngine(Engine):
             self.server = start_server(name, extra_args=self.server_args, timeout_s=self.start_timeout_s,
                                        progress=False, force=self.force, cpu_int4=self.cpu_int4)
             self.info["server"] = "vLLM"
-            if "QWEN_W4_CPU_INT4=w4a8" in self.server.command:
+            if "VLLM_CPU_INT4_W4A8=1" in self.server.command:
                 self.info["cpu_int4"] = "w4a8"
             elif "VLLM_CPU_INT4_W4A8=0" in self.server.command:
                 self.info["cpu_int4"] = "w4a16"

@@ -145,7 +145,7 @@ def test_cpu_int4_path(hw, requested, path):
     assert cpu_int4(info("vl", "gptq"), hw, requested) == path
     assert cpu_int4(info("vl", "bf16"), hw, requested) is None  # 16-bit: nothing to choose
     _, env = vllm_command(info("vl", "gptq"), hw, ServeOptions(python="py", cpu_int4=requested))
-    assert env.get("QWEN_W4_CPU_INT4") == ("w4a8" if path == "w4a8" else None)
+    assert env.get("QWEN_W4_CPU_INT4") == ("w4a8" if path == "w4a8" and hw is not CPU_AMX else None)
     assert env.get("VLLM_CPU_INT4_W4A8") == {"w4a8": "1", "w4a16": "0", None: None}[path]
     _, env16 = vllm_command(info("vl", "bf16"), hw, ServeOptions(python="py", cpu_int4=requested))
     assert "QWEN_W4_CPU_INT4" not in env16 and "VLLM_CPU_INT4_W4A8" not in env16
