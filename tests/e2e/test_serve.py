@@ -249,15 +249,17 @@ class LineReader:
 
 def test_cli_serves_chats_and_stops_on_sigterm(artifact):
     """`python -m serve --model tiny-text` with an API key from the env: command (key masked), ready line,
-    snippet; chats with and without the key; a request cut mid-answer by SIGTERM gives the client one
-    line; the whole vLLM tree is gone afterwards."""
+    snippet; chats with and without the key; SIGTERM while an answer streams: serve exits 0, the client ends
+    cleanly (the answer completed, or one line saying it was cut); the whole vLLM tree is gone afterwards."""
     from serve.client import chat, user_message
     from serve.server import free_port
 
     artifact("tiny-text")
     port = free_port()
     key = "test-key-5f3a9c"
-    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--port", str(port)],
+    # a long context, so the answer cut by SIGTERM below is still being generated (tiny-text decodes ~700 tokens/s)
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--port", str(port),
+                             "--max-model-len", "8192"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "QWEN_W4_API_KEY": key})
     tree: list[psutil.Process] = []
@@ -283,7 +285,7 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
         assert_one_line_error(r, "rejected the API key")
 
         # a long answer, cut by SIGTERM to `python -m serve` while it streams
-        long = subprocess.Popen([sys.executable, "-m", "serve.chat", "--base-url", base, "--max-tokens", "1800",
+        long = subprocess.Popen([sys.executable, "-m", "serve.chat", "--base-url", base, "--max-tokens", "7500",
                                  "--ignore-eos", "Tell me a long story."], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "QWEN_W4_API_KEY": key})
@@ -291,9 +293,13 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
         assert first, long.stderr.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        _, err = long.communicate(timeout=60)
-        assert long.returncode != 0
-        assert_one_line_error(subprocess.CompletedProcess([], long.returncode, "", err), "mid-answer")
+        out_long, err = long.communicate(timeout=60)
+        # vLLM may finish streaming what it has generated while it shuts down (a tiny model generates faster than
+        # the client reads); otherwise the client gets one line saying the answer was cut
+        if long.returncode == 0:
+            assert out_long.strip() and "tokens/s" in err and "Traceback" not in err
+        else:
+            assert_one_line_error(subprocess.CompletedProcess([], long.returncode, "", err), "mid-answer")
         assert "stopped" in stderr.rest()
         assert_all_gone(tree)
     finally:
