@@ -250,8 +250,10 @@ def test_cli_errors():
 
 def test_chat_in_browser(server, browser, shots, tmp_path):
     srv = server("tiny-vl")
+    # 300 tokens: long enough to see the answer grow in the page (48 took 0.03 s to decode here, and the page
+    # showed only the placeholder and the whole answer), short enough for four turns in a 2048-token context
     with running_demo("--endpoint", srv.base_url, "--model", srv.model, *_key_args(srv),
-                      "--max-tokens", "48", "--max-image-mb", "1") as demo:
+                      "--max-tokens", "300", "--max-image-mb", "1") as demo:
         page = open_page(browser, demo.url())
         with shot_on_failure(page, shots / "failure-chat.png"):
             assert page.locator("#chat-1").count() == 0  # one model: one chat
