@@ -38,7 +38,7 @@ REQUESTS, CONCURRENCY = (500, 16) if FULL else (60, 8)
 RUN_DEADLINE_S = 1800 if FULL else 600  # the whole load phase; requests not started by then count as failed
 REQUEST_TIMEOUT_S = 120.0
 # The kill test's answers are long (7000 tokens in an 8192 context) so that some are still generating at the kill.
-KILL_CONTEXT, LONG_TOKENS, KILL_AFTER_S = 8192, 7000, 3.0
+KILL_CONTEXT, LONG_TOKENS, KILL_AFTER_S = 8192, 7000, 1.0
 START_TIMEOUT_S = 600
 # RSS growth allowed between the end of the warm-up and the end of the run. vLLM allocates its KV cache
 # (VLLM_CPU_KVCACHE_SPACE) and loads the weights before it reports healthy, and the warm-up sends every distinct
@@ -228,13 +228,12 @@ def test_server_killed_mid_run_then_restarted(artifact):
                                     daemon=True) for k, ev in enumerate(events)]
         for t in threads:
             t.start()
-        # kill when the first text arrives, or KILL_AFTER_S after they were sent. The server may still have
-        # finished some answers before it died: a tiny model generates faster than busy Python clients read, so
-        # complete answers can sit in the clients' socket buffers (seen: all processes dead, answers completing
-        # 20 s later). Those end normally; every other one must end with one clean line.
-        t_wait = time.monotonic()
-        while not any(ev.is_set() for ev in events) and time.monotonic() - t_wait < KILL_AFTER_S:
-            time.sleep(0.02)
+        # kill KILL_AFTER_S after they were sent: no 7000-token answer is done by then (this CPU: at most ~2500
+        # tokens/s per answer). Not "at the first text": a random tiny model's bytes often are not UTF-8 and vLLM
+        # holds such text back, sometimes to the end. Answers the server finished anyway end normally (a tiny
+        # model generates faster than busy Python clients read: seen all processes dead, answers completing 20 s
+        # later from the clients' socket buffers); every other one must end with one clean line.
+        time.sleep(KILL_AFTER_S)
         streaming = sum(ev.is_set() for ev in events)
         tree = srv.processes()
         assert len(tree) >= 2, tree  # the API server and its engine
