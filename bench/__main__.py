@@ -74,8 +74,10 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _cpu_int4(text: str) -> list[str]:
+    from serve.args import CPU_INT4_PATHS
+
     paths = [x.strip().lower() for x in text.split(",") if x.strip()]
-    bad = [x for x in paths if x not in ("w4a8", "w4a16")]
+    bad = [x for x in paths if x not in CPU_INT4_PATHS or x == "auto"]
     if bad:
         raise UserError(f"unknown --cpu-int4 path '{bad[0]}'", "use w4a8, w4a16 or both: --cpu-int4 w4a8,w4a16")
     return list(dict.fromkeys(paths))
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)
         else:  # servers: llama.cpp gets n_threads; vLLM's CPU worker is bound to that many cores
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
+    if args.cpu_int4 and args.engine != "vllm":
+        raise UserError("--cpu-int4 picks vLLM's CPU kernels", "drop --cpu-int4, or use --engine vllm")
     if endpoints and args.engine != "vllm":
         raise UserError("--endpoint works with --engine vllm only", "drop --endpoint, or use --engine vllm")
     notes = _notes(args.notes)

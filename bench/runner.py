@@ -98,12 +98,10 @@ def environment(argv: list[str]) -> dict:
 def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
     if v is not None:
         return not v.is_quantized
-    from quantize.gguf import find_file, read_header
+    from quantize import gguf
 
-    gguf = find_file(Path(location)) if location and Path(location).exists() else None
-    if gguf is not None:  # a GGUF folder carries its base's config: its decoder weights' type decides
-        types = [t for n, t in read_header(gguf)["tensor_types"].items() if n.startswith("blk.") and "norm" not in n]
-        return bool(types) and max(set(types), key=types.count) in ("BF16", "F16", "F32")
+    if gguf.is_gguf(location):  # a GGUF folder carries its base's config: its decoder weights' type decides
+        return gguf.is_16bit(gguf.find_file(Path(location)))
     try:
         cfg = json.loads((Path(location) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -122,9 +120,9 @@ def _modality(location: str | None, v: catalog.Variant | None) -> str:
 
 
 def _quant_method(location: str | None) -> str | None:
-    from quantize.gguf import find_file
+    from quantize.gguf import is_gguf
 
-    if location and Path(location).exists() and find_file(Path(location)) is not None:
+    if is_gguf(location):
         return "gguf"
     try:
         cfg = json.loads((Path(location) / "config.json").read_text())

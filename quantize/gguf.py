@@ -107,6 +107,18 @@ def read_header(path: Path) -> dict:
     }
 
 
+def linear_types(h: dict) -> dict[str, str]:
+    """Tensor type of each decoder Linear weight (blk.N.attn_*/ffn_*.weight) in a `read_header` result."""
+    return {n: t for n, t in (h.get("tensor_types") or {}).items()
+            if n.startswith("blk.") and n.endswith(".weight") and n.split(".")[2] in LINEAR_LEAVES}
+
+
+def is_16bit(path: Path) -> bool:
+    """Whether a .gguf file's decoder Linears are mostly 16/32-bit (a BF16 export, not a 4-bit one)."""
+    types = list(linear_types(read_header(path)).values())
+    return bool(types) and max(set(types), key=types.count) in ("BF16", "F16", "F32")
+
+
 # ---------------------------------------------------------------- lint (pure functions)
 
 def check_header(h: dict, gguf_type: str, architecture: str) -> list[Problem]:
@@ -118,8 +130,7 @@ def check_header(h: dict, gguf_type: str, architecture: str) -> list[Problem]:
         out.append(_err("gguf", f"general.file_type is {h.get('file_type')}, expected {FILE_TYPES[gguf_type]} "
                                 f"({gguf_type})"))
     types = h.get("tensor_types") or {}
-    linears = {n: t for n, t in types.items()
-               if n.startswith("blk.") and n.endswith(".weight") and n.split(".")[2] in LINEAR_LEAVES}
+    linears = linear_types(h)
     if not linears:
         out.append(_err("gguf", "no decoder Linear weights (blk.N.attn_*/ffn_*.weight) in the file"))
     bad = sorted(n for n, t in linears.items() if t not in LINEAR_TYPES[gguf_type])

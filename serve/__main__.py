@@ -16,7 +16,7 @@ import time
 
 from core.cli import add_common, print_catalog
 from core.errors import UserError, run_cli
-from serve.args import API_KEY_ENV, VLLM_PYTHON_ENV
+from serve.args import API_KEY_ENV, CPU_INT4_PATHS, VLLM_PYTHON_ENV
 
 EPILOG = f"""examples:
   python -m serve --model tiny-vl                       # a local tiny VL model on 127.0.0.1:8000
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                    help="ray: spread over the machines of a running Ray cluster (multi-node)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90, help="GPU memory share for vLLM")
     p.add_argument("--kv-cache-gib", type=int, default=None, help="CPU KV-cache size (default: from model and RAM)")
-    p.add_argument("--cpu-int4", choices=("auto", "w4a8", "w4a16"), default=None,
+    p.add_argument("--cpu-int4", choices=CPU_INT4_PATHS, default=None,
                    help="CPU, W4A16 checkpoints: vLLM's W4A8 kernel (int8 activations; auto picks it on AVX-512 VNNI "
                         "and AMX CPUs) or its wna16 kernel (bf16 math); default: $QWEN_W4_CPU_INT4 or auto")
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,

@@ -76,29 +76,25 @@ class VllmEngine(Engine):
             self.info["threads"] = threads
 
     def _start(self) -> None:
-        from quantize.gguf import find_file
+        from quantize.gguf import find_file, is_gguf
 
         name = self.alias if self.alias in catalog.VARIANTS else self.location
-        gguf = find_file(Path(self.location)) if self.location and Path(self.location).exists() else None
         t0 = time.perf_counter()
-        if gguf is not None:
+        if is_gguf(self.location):
             from serve.llamacpp import start_server as start_llamacpp
 
             self.server = start_llamacpp(name, timeout_s=self.start_timeout_s, progress=False,
                                          n_threads=self.threads)
-            self.info.update(server="llama.cpp", gguf_file=gguf.name)
+            self.info.update(server="llama.cpp", gguf_file=find_file(Path(self.location)).name)
             if self.threads:
                 self.info["threads"] = self.threads
         else:
-            from serve.server import start_server
+            from serve.args import cpu_int4
+            from serve.server import launch, plan
 
-            self.server = start_server(name, extra_args=self.server_args, timeout_s=self.start_timeout_s,
-                                       progress=False, force=self.force, cpu_int4=self.cpu_int4)
-            self.info["server"] = "vLLM"
-            if "VLLM_CPU_INT4_W4A8=1" in self.server.command:
-                self.info["cpu_int4"] = "w4a8"
-            elif "VLLM_CPU_INT4_W4A8=0" in self.server.command:
-                self.info["cpu_int4"] = "w4a16"
+            lp = plan(name, extra_args=self.server_args, force=self.force, cpu_int4=self.cpu_int4)
+            self.server = launch(lp, timeout_s=self.start_timeout_s, progress=False)
+            self.info.update(server="vLLM", cpu_int4=cpu_int4(lp.info, lp.hw, lp.opts.cpu_int4))
         self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True,
                          argv=list(getattr(self.server, "argv", []) or []),
                          log_path=str(getattr(self.server, "log_path", "") or ""))
