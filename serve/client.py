@@ -137,7 +137,9 @@ def _fetch(url: str, max_bytes: int) -> bytes:
 
 @dataclass
 class ChatStats:
-    """Timing of one streamed answer. Token counts are the server's (`usage`); `tokens_per_s` is the
+    """Timing of one streamed answer. TTFT ends at the first chunk with a choice: vLLM and llama.cpp send it
+    once the first token exists, even when its text is held back (a partial UTF-8 character). Token counts are
+    the server's (`usage`); `tokens_per_s` is the
     decode rate after the first token, (output_tokens - 1) / (total_s - ttft_s), i.e. 1 / time per
     output token; `e2e_tokens_per_s` divides by the whole request time instead."""
 
@@ -146,7 +148,7 @@ class ChatStats:
     output_tokens: int
     prompt_tokens: int
     tokens_per_s: float
-    itl_s: list[float] = field(default_factory=list)  # gaps between streamed chunks after the first
+    itl_s: list[float] = field(default_factory=list)  # gaps between text chunks, the first from TTFT's chunk
     finish_reason: str | None = None  # "stop", "length", ...
     usage_reported: bool = True  # False: the server sent no usage; output_tokens counts chunks
 
@@ -224,16 +226,15 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
             for choice in chunk.choices or ():
+                now = time.perf_counter()
+                if t_first is None:  # the server's first choice chunk follows its first token (vLLM and
+                    t_first = t_last = now  # llama.cpp send it then), even when that token's text is withheld
                 if choice.finish_reason:
                     finish = choice.finish_reason
                 delta = (choice.delta.content if choice.delta else None) or ""
                 if not delta:
                     continue
-                now = time.perf_counter()
-                if t_first is None:
-                    t_first = now
-                else:
-                    gaps.append(now - t_last)
+                gaps.append(now - t_last)  # from the previous chunk (the first: from the choice chunk)
                 t_last = now
                 chunks += 1
                 text += delta
@@ -250,8 +251,8 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
         if stream is not None:  # also when the caller stops early: the server aborts the request
             stream.close()
     if finish is None and usage is None:  # the stream ended without its last chunk
-        raise UserError(f"the server at {base_url} stopped mid-answer (after {chunks} chunks)",
-                        "it probably stopped or crashed: check its log")
+        what = f"stopped mid-answer (after {chunks} chunks)" if got_chunk else "accepted the request but sent no answer"
+        raise UserError(f"the server at {base_url} {what}", "it probably stopped or crashed: check its log")
     total = time.perf_counter() - t0
     ttft = (t_first - t0) if t_first is not None else total
     out = int(usage.completion_tokens) if usage else chunks
