@@ -255,7 +255,7 @@ def test_server_killed_mid_run_then_restarted(artifact):
                 _assert_clean(msg)
         # Not asserted: that at least one answer was cut. Under the full suite on 2 cores every answer has been seen
         # to complete from the clients' socket buffers after the whole tree was dead (NOTES.md, session 2); a
-        # deterministic cut needs a server that stops mid-stream on purpose (next step).
+        # deterministic cut is tested against a scripted loopback server (tests/unit/test_client_stream.py).
         print(f"[kill] cut mid-answer: {sum('mid-answer' in msg for _, _, msg in ends)} of {inflight_n}")
 
         # new requests while it is down: refused at once, one line
