@@ -39,7 +39,7 @@ FORMATS: dict[str, Format] = {
         Format("gptq", "gptq", "auto_gptq", "gptq", "gptq"),
         Format("awq", "awq", "auto_awq", "awq", "awq"),
         Format("compressed-tensors", "ct", "llm_compressor", "compressed-tensors", "compressed-tensors"),
-        Format("gguf", "gguf", "gguf:q4_k_m", None, None),  # llama.cpp's format (text only; served by llama.cpp)
+        Format("gguf", "gguf", "gguf:q4_k_m", None, None),  # llama.cpp's format (served by llama.cpp; VL + mmproj)
     )
 }
 QUANT_FORMATS = [n for n, f in FORMATS.items() if f.suffix]
@@ -78,12 +78,12 @@ FAMILIES: dict[str, Family] = {
             {"autoround": f"{_SEED}/Qwen3-VL-8B-Instruct-W4A16-AutoRound",
              "awq": f"{_SEED}/Qwen3-VL-8B-Instruct-W4A16-AutoRound-AWQ",
              "gptq": f"{_SEED}/Qwen3-VL-8B-Instruct-W4A16-AutoRound-GPTQ"},
-            note="Qwen3-VL 8B instruct (GGUF / llama.cpp: not wired here, VL stays on vLLM)",
+            note="Qwen3-VL 8B instruct (GGUF: language model + 16-bit mmproj projector for llama.cpp)",
         ),
         Family("tiny-text", "tiny-text", "text", TEXT_ARCH, None, max_model_len=2048,
                note="tiny local Qwen3 (random init, briefly trained)"),
         Family("tiny-vl", "tiny-vl", "vl", VL_ARCH, None, max_model_len=2048,
-               note="tiny local Qwen3-VL (random weights; no GGUF: VL stays on vLLM)"),
+               note="tiny local Qwen3-VL (random weights)"),
         Family("bench-text", "bench-text", "text", TEXT_ARCH, None, max_model_len=2048,
                note="memory-bound benchmark model (Qwen3-0.6B shape, random weights)"),
     )

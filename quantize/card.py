@@ -203,15 +203,16 @@ def render_gguf(report: dict) -> str:
     lib, sizes, ver = report["versions"], report["sizes"], report.get("verify") or {}
     rec, cal = report.get("recipe"), report.get("calibration")
     quantized = gtype != "bf16"
+    mm = report.get("mmproj")
     fm = [
         "---",
         f"base_model: {json.dumps(base['id'])}",
         f"base_model_relation: {'quantized' if quantized else 'finetune'}",
         "library_name: gguf",
-        "pipeline_tag: text-generation",
+        f"pipeline_tag: {'image-text-to-text' if mm else 'text-generation'}",
         f"license: {LICENSE}",
         "tags:",
-        _yaml_list(["gguf", "llama.cpp", gtype, "qwen3"] + (["autoround"] if quantized else [])),
+        _yaml_list(["gguf", "llama.cpp", gtype, "qwen3_vl" if mm else "qwen3"] + (["autoround"] if quantized else [])),
         "quantization:",
         f"  method: {'AutoRound' if quantized else 'none (16-bit)'}",
         f"  format: gguf",
@@ -236,7 +237,11 @@ def render_gguf(report: dict) -> str:
         f"File: `{report['file']}` — architecture `{g['architecture']}`, file type {g['file_type']}, "
         f"tensor types {types}; tokenizer pre-splitter `{g['tokenizer_pre']}`.",
         f"Size: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit safetensors base "
-        f"(x{sizes['ratio']}).",
+        f"(x{sizes['ratio']}){' (both files)' if mm else ''}.",
+        *([f"Vision projector: `{mm['file']}` ({_mb(mm['bytes'])}, `{mm['projector_type']}`, 16-bit: "
+           + ", ".join(f"{k}: {v}" for k, v in sorted(mm["tensor_types"].items()))
+           + ") — the vision tower and merger, unquantized, loaded by llama.cpp's mtmd beside the language model."]
+          if mm else []),
         "",
         "## Quality (verify)",
         "",
@@ -245,8 +250,9 @@ def render_gguf(report: dict) -> str:
     if r and not r.get("error"):
         rtn = (ver.get("results") or {}).get("rtn") or {}
         body += [
-            f"llama.cpp's next-token distributions on {ver['prompts']} held-out prompts, {ver['positions']} greedy "
-            "positions of the 16-bit base, teacher-forced, compared with the base in transformers:",
+            f"llama.cpp's next-token distributions at {r['positions']} greedy positions of the 16-bit base "
+            + ("on text prompts (the language model)" if mm else f"on {ver['prompts']} held-out prompts")
+            + ", teacher-forced, compared with the base in transformers:",
             "",
             "| model | KL mean | KL max | top-1 agreement | loaded with |",
             "|---|---|---|---|---|",
@@ -255,6 +261,11 @@ def render_gguf(report: dict) -> str:
         if rtn and not rtn.get("error"):
             body.append(f"| W4A16 g128 RTN (reference) | {rtn['kl_mean']:.5f} | {rtn['kl_max']:.5f} | "
                         f"{rtn['top1']:.1%} | {rtn['loader']} |")
+        vis = ver.get("vision")
+        if vis:
+            body += ["", f"Vision: llama.cpp turns the test picture into {vis['image_tokens']} image tokens "
+                         f"(transformers' processor: {vis['image_tokens_transformers']}) and answers it "
+                         f"({vis['answer_tokens']} tokens) through `{vis['mmproj']}`."]
     else:
         body.append("Not verified (`--no-verify`).")
     body += [
@@ -263,7 +274,8 @@ def render_gguf(report: dict) -> str:
         "",
         "```bash",
         f"python -m serve --model {alias} --engine llamacpp      # OpenAI API via llama.cpp's server",
-        f"python -m llama_cpp.server --model {report['file']} --n_ctx {report.get('max_model_len', 2048)}",
+        f"python -m llama_cpp.server --model {report['file']} --n_ctx {report.get('max_model_len', 2048)}"
+        + (f" --chat_format mtmd --clip_model_path {mm['file']}" if mm else ""),
         "```",
         "",
         f"Made with: `{report['command']}`",

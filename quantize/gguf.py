@@ -1,4 +1,4 @@
-"""GGUF export: a 16-bit Qwen3 text model -> one .gguf file for llama.cpp, linted, verified, with a model card.
+"""GGUF export: a 16-bit Qwen3 or Qwen3-VL model -> .gguf files for llama.cpp, linted, verified, with a model card.
 
     python -m quantize --model tiny-text --formats gguf [--gguf-type q4_k_m|q4_0|bf16]
 
@@ -8,7 +8,8 @@
 
 The artifact is `<artifact root>/<family>-gguf/` (bf16: `<family>-gguf-bf16/`): the .gguf file, copies of the base's
 config/tokenizer/chat template (so the folder is recognisable and the catalog finds it), quantization_report.json
-and README.md. Text models only: Qwen3-VL with its vision projector is not wired to llama.cpp here (VL stays on vLLM).
+and README.md. A Qwen3-VL artifact also holds its vision tower and merger as `mmproj-<name>-F16.gguf` (16-bit, written
+by the same converter; AutoRound's own mmproj is F32), which llama.cpp's mtmd loads beside the language model.
 
 The converter needs the `gguf` Python package in the version of llama.cpp's own source tree (`gguf-py`): the PyPI
 release of the same number (0.19.0) lacks architectures the converter names (MODEL_ARCH.DFLASH). A tokenizer the
@@ -40,7 +41,10 @@ LINEAR_TYPES = {"q4_0": {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q6_K"},
                 "bf16": {"BF16"}}
 MAIN_TYPE = {"q4_0": "Q4_0", "q4_k_m": "Q4_K", "bf16": "BF16"}
 LINEAR_LEAVES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-GGUF_ARCH = {catalog.TEXT_ARCH: "qwen3"}
+GGUF_ARCH = {catalog.TEXT_ARCH: "qwen3", catalog.VL_ARCH: "qwen3vl"}
+MMPROJ_PREFIX = "mmproj-"
+PROJECTOR_TYPE = {catalog.VL_ARCH: "qwen3vl_merger"}  # clip.projector_type llama.cpp's mtmd expects
+MMPROJ_FILE_TYPE = 1  # MOSTLY_F16 (norms and biases stay F32)
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 BF16_KL_MAX = 0.01  # nats: a 16-bit GGUF must match the base (a conversion error shows far above this)
@@ -65,11 +69,21 @@ def dest_alias(base_alias: str, gguf_type: str) -> str:
 
 
 def find_file(folder: Path) -> Path | None:
-    """The .gguf weights of an artifact folder (the largest one, should there be a projector beside it)."""
+    """The language model's .gguf in an artifact folder (not the vision projector `mmproj-*.gguf`)."""
     folder = Path(folder)
     if folder.is_file():
-        return folder if folder.suffix == ".gguf" else None
-    files = sorted(folder.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True) if folder.is_dir() else []
+        return folder if folder.suffix == ".gguf" and not folder.name.startswith(MMPROJ_PREFIX) else None
+    files = sorted((p for p in folder.glob("*.gguf") if not p.name.startswith(MMPROJ_PREFIX)),
+                   key=lambda p: p.stat().st_size, reverse=True) if folder.is_dir() else []
+    return files[0] if files else None
+
+
+def find_mmproj(folder: Path) -> Path | None:
+    """The vision projector (`mmproj-*.gguf`) of a VL artifact folder, or beside a .gguf file; None for text."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    files = sorted(folder.glob(MMPROJ_PREFIX + "*.gguf")) if folder.is_dir() else []
     return files[0] if files else None
 
 
@@ -104,7 +118,31 @@ def read_header(path: Path) -> dict:
         "has_vocab": "tokenizer.ggml.tokens" in r.fields,
         "has_chat_template": "tokenizer.chat_template" in r.fields,
         "context_length": field(f"{field('general.architecture')}.context_length"),
+        "embedding_length": field(f"{field('general.architecture')}.embedding_length"),
+        "projector_type": field("clip.projector_type"),
+        "has_vision_encoder": field("clip.has_vision_encoder"),
+        "projection_dim": field("clip.vision.projection_dim"),
     }
+
+
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # Qwen's end-of-turn / end-of-text: llama.cpp stops at either
+
+
+def end_token_ids(path: Path) -> list[int]:
+    """Token ids llama.cpp ends an answer at (its eos/eot ids and Qwen's end tokens): biased away when a benchmark
+    forces the output length (llama.cpp's server has no `ignore_eos`)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    ids = set()
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
+        f = r.fields.get(key)
+        if f is not None:
+            ids.add(int(f.contents()))
+    f = r.fields.get("tokenizer.ggml.tokens")
+    if f is not None:
+        ids.update(i for i, t in enumerate(f.contents()) if t in END_TOKENS)
+    return sorted(ids)
 
 
 def linear_types(h: dict) -> dict[str, str]:
@@ -152,11 +190,38 @@ def check_header(h: dict, gguf_type: str, architecture: str) -> list[Problem]:
     return out
 
 
-def check_files(files: set[str], require_card: bool = False) -> list[Problem]:
+def check_mmproj(h: dict, lm: dict, architecture: str) -> list[Problem]:
+    """The vision projector file: llama.cpp's clip/mtmd metadata, 16-bit, and its output width = the LM's input."""
+    out: list[Problem] = []
+    if h.get("architecture") != "clip":
+        out.append(_err("mmproj", f"general.architecture is {h.get('architecture')!r}, expected 'clip'"))
+    want = PROJECTOR_TYPE.get(architecture)
+    if want and h.get("projector_type") != want:
+        out.append(_err("mmproj", f"clip.projector_type is {h.get('projector_type')!r}, expected {want!r}"))
+    if not h.get("has_vision_encoder"):
+        out.append(_err("mmproj", "clip.has_vision_encoder is not set: no vision tower in the projector file"))
+    low = sorted(n for n, t in (h.get("tensor_types") or {}).items() if t not in ("F16", "BF16", "F32"))
+    if low:
+        out.append(_err("mmproj", f"{len(low)} vision tensors are quantized (the vision tower stays 16-bit), e.g. "
+                                  f"{low[0]} is {h['tensor_types'][low[0]]}"))
+    if h.get("file_type") not in (None, MMPROJ_FILE_TYPE):
+        out.append(_warn("mmproj", f"general.file_type is {h.get('file_type')}, expected {MMPROJ_FILE_TYPE} (F16)"))
+    if h.get("projection_dim") and lm.get("embedding_length") and h["projection_dim"] != lm["embedding_length"]:
+        out.append(_err("mmproj", f"the projector outputs {h['projection_dim']} values per image token, the language "
+                                  f"model takes {lm['embedding_length']}"))
+    return out
+
+
+def check_files(files: set[str], require_card: bool = False, vl: bool = False) -> list[Problem]:
     out = []
-    ggufs = [f for f in files if f.endswith(".gguf")]
+    ggufs = [f for f in files if f.endswith(".gguf") and not f.startswith(MMPROJ_PREFIX)]
     if len(ggufs) != 1:
         out.append(_err("files", f"expected one .gguf file, found {len(ggufs)}"))
+    projs = [f for f in files if f.startswith(MMPROJ_PREFIX) and f.endswith(".gguf")]
+    if vl and len(projs) != 1:
+        out.append(_err("files", f"expected one vision projector {MMPROJ_PREFIX}*.gguf, found {len(projs)}"))
+    if not vl and projs:
+        out.append(_err("files", f"a text model with a vision projector file: {projs[0]}"))
     for f in ("config.json", "tokenizer_config.json"):
         if f not in files:
             out.append(_err("files", f"{f} missing (copied from the base)"))
@@ -169,7 +234,8 @@ def check_files(files: set[str], require_card: bool = False) -> list[Problem]:
 
 def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: bool = False) -> list[Problem]:
     folder = Path(folder)
-    probs = check_files({p.name for p in folder.iterdir() if p.is_file()}, require_card)
+    vl = architecture in PROJECTOR_TYPE
+    probs = check_files({p.name for p in folder.iterdir() if p.is_file()}, require_card, vl=vl)
     f = find_file(folder)
     if f is None:
         return probs
@@ -177,7 +243,14 @@ def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: b
         h = read_header(f)
     except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
         return probs + [_err("gguf", f"{f.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})")]
-    return probs + check_header(h, gguf_type, architecture)
+    probs += check_header(h, gguf_type, architecture)
+    m = find_mmproj(folder) if vl else None
+    if m is not None:
+        try:
+            probs += check_mmproj(read_header(m), h, architecture)
+        except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
+            probs.append(_err("mmproj", f"{m.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})"))
+    return probs
 
 
 # ---------------------------------------------------------------- the converter
@@ -242,6 +315,16 @@ def write_bf16(base_dir: Path, architecture: str, out_file: Path) -> None:
         m.write()
 
 
+def write_mmproj(base_dir: Path, architecture: str, out_file: Path) -> None:
+    """The vision tower and merger of a VL base as a 16-bit (F16) llama.cpp projector file."""
+    import gguf
+    from auto_round.export.export_to_gguf.llama_cpp_conversion import AutoRoundModelType
+
+    ctx = _conversion(base_dir)
+    cls = ctx.get_model_class(architecture, model_type=AutoRoundModelType.MMPROJ)
+    cls(Path(base_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_file)).write()
+
+
 def write_quantized(model_location: str, base_dir: Path, gguf_type: str, kwargs: dict, out_dir: Path,
                     work_space: Path) -> Path:
     """AutoRound with its GGUF scheme; returns the .gguf it wrote."""
@@ -257,7 +340,8 @@ def write_quantized(model_location: str, base_dir: Path, gguf_type: str, kwargs:
         ar = AutoRound(model_location, **kw)
         ar.quantize_and_save(str(out_dir), format=f"gguf:{gguf_type}")
     del ar
-    found = sorted(Path(out_dir).rglob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)
+    found = sorted((p for p in Path(out_dir).rglob("*.gguf") if not p.name.startswith(MMPROJ_PREFIX)),
+                   key=lambda p: p.stat().st_size, reverse=True)
     if not found:
         raise RuntimeError(f"AutoRound wrote no .gguf under {out_dir}")
     return found[0]
@@ -294,10 +378,9 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
 
     resolved = catalog.resolve(model)
     cfg, arch, modality = api._check_base(resolved)
-    if modality == "vl" or arch not in GGUF_ARCH:
-        raise UserError(f"GGUF export supports Qwen3 text models only, not {arch}",
-                        "Qwen3-VL with its vision projector is not wired to llama.cpp here: serve VL models with "
-                        "vLLM (formats autoround,gptq,awq)")
+    if arch not in GGUF_ARCH:
+        raise UserError(f"GGUF export supports Qwen3 and Qwen3-VL models, not {arch}",
+                        "export this model with --formats autoround,gptq,awq and serve it with vLLM")
     dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
     alias = dest_alias(api._dest_alias(resolved, "gguf"), gtype)
     dest = dest_parent / alias
@@ -347,8 +430,15 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
             written = write_quantized(resolved.location, base_dir, gtype, kwargs, st.path / "autoround",
                                       st.path / "work_space")
             os.replace(written, folder / fname)
-            shutil.rmtree(st.path / "autoround", ignore_errors=True)
+            shutil.rmtree(st.path / "autoround", ignore_errors=True)  # with AutoRound's F32 mmproj
             timings["tune_and_export_s"] = round(time.time() - t0, 1)
+        mmproj = None
+        if modality == "vl":
+            mmproj = folder / f"{MMPROJ_PREFIX}{stem}-F16.gguf"
+            log("writing the vision tower and merger as a 16-bit projector file for llama.cpp")
+            t0 = time.time()
+            write_mmproj(base_dir, arch, mmproj)
+            timings["mmproj_s"] = round(time.time() - t0, 1)
         shutil.copy2(Path(base_dir) / "config.json", folder / "config.json")
         exp.complete(folder, base_dir)  # tokenizer, chat template, generation config
         probs = lint_folder(folder, gtype, arch)
@@ -365,7 +455,7 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
         if do_verify:
             log("verifying: loading the GGUF with llama.cpp and comparing with the 16-bit base")
             rep = verify.run(base_dir, {"gguf": folder / fname}, modality, linear_names, device="cpu",
-                             held_out=cal.held_out if cal else None, log=log, debug=debug)
+                             held_out=cal.held_out if cal else None, log=log, debug=debug, mmproj=mmproj)
             r = rep.results.get("gguf")
             if gtype == "bf16" and r is not None and r.kl_mean is not None and not r.kl_mean <= BF16_KL_MAX:
                 rep.problems.append(f"the 16-bit GGUF disagrees with the base (KL {r.kl_mean:.3g} > {BF16_KL_MAX})")
@@ -377,11 +467,15 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
 
         h = read_header(folder / fname)
         base_bytes = exp.folder_bytes(base_dir)
-        art_bytes = (folder / fname).stat().st_size
+        art_bytes = (folder / fname).stat().st_size + (mmproj.stat().st_size if mmproj else 0)
         base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
             else (resolved.location if resolved.source == "hub" else stem)
         report = {
             "alias": alias, "format": "gguf", "gguf_type": gtype, "file": fname, "quant_method": None,
+            "mmproj": ({"file": mmproj.name, "bytes": mmproj.stat().st_size,
+                        **{k: mh[k] for k in ("projector_type", "file_type", "projection_dim")},
+                        "tensor_types": dict(Counter(mh["tensor_types"].values()))}
+                       if mmproj and (mh := read_header(mmproj)) else None),
             "engine": "llama.cpp",
             "base": {"id": base_id, "source": resolved.source, "location": resolved.location, "architecture": arch},
             "gguf": {"architecture": h["architecture"], "file_type": h["file_type"],
@@ -398,7 +492,8 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
         }
         (folder / api.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         (folder / "README.md").write_text(card.render_gguf(report))
-        errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True) if p.level == "error"]
+        errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True, vl=mmproj is not None)
+                if p.level == "error"]
         if errs:
             raise UserError(f"{alias} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
         for p in folder.iterdir():

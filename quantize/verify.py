@@ -63,6 +63,7 @@ class Report:
     results: dict[str, Result] = field(default_factory=dict)
     cross_format: dict[str, float] = field(default_factory=dict)  # "gptq~awq": KL
     problems: list[str] = field(default_factory=list)
+    vision: dict | None = None  # a VL GGUF's projector run by llama.cpp (gguf_vision)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,7 @@ class Report:
                 "new_tokens_per_prompt": NEW_TOKENS,
                 "results": {k: r.as_dict() for k, r in self.results.items()},
                 "cross_format_kl": {k: round(v, 6) for k, v in self.cross_format.items()},
-                "problems": self.problems, "ok": self.ok}
+                "vision": self.vision, "problems": self.problems, "ok": self.ok}
 
     def table(self) -> str:
         lines = [f"verify: {self.prompts} held-out prompts{' with an image' if self.with_image else ''}, "
@@ -86,6 +87,11 @@ class Report:
                 lines.append(f"  {r.name:<20} {r.kl_mean:>10.5f} {r.kl_max:>10.5f} {r.top1:>7.1%}  {r.loader}")
         if self.cross_format:
             lines.append("  formats agree: " + ", ".join(f"{k} KL {v:.2e}" for k, v in self.cross_format.items()))
+        if self.vision:
+            v = self.vision
+            lines.append(f"  gguf vision: {v['mmproj']} -> {v['image_tokens']} image tokens (transformers: "
+                         f"{v['image_tokens_transformers']}), answered {v['answer_tokens']} tokens; the gguf row "
+                         "above is the language model on text prompts")
         return "\n".join(lines)
 
 
@@ -308,6 +314,64 @@ def gguf_logits(path: Path, seqs) -> tuple[list, str]:
     return out, f"llama.cpp (llama-cpp-python {__version__})"
 
 
+def gguf_vision(path: Path, mmproj: Path, base_dir: Path, debug: bool = False) -> dict:
+    """A VL GGUF's projector run by llama.cpp's mtmd on the test picture: how many image tokens it makes (must equal
+    what transformers' processor makes: same patch size and merge) and that an answer comes back with it."""
+    import base64
+    import ctypes
+    import io
+    import json
+    import os
+
+    import llama_cpp.mtmd_cpp as mtmd
+    from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
+    from llama_cpp.llama_chat_format import MTMDChatHandler
+    from transformers import AutoProcessor
+
+    img, prompt = test_image(), VL_PROMPTS[0]
+    proc = AutoProcessor.from_pretrained(base_dir)
+    enc = proc.apply_chat_template([{"role": "user", "content": [{"type": "image", "image": img},
+                                                                 {"type": "text", "text": prompt}]}],
+                                   add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    image_token = json.loads((Path(base_dir) / "config.json").read_text()).get("image_token_id")
+    hf_tokens = int((enc["input_ids"] == image_token).sum())
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    png = buf.getvalue()
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False)
+    llm = Llama(model_path=str(path), chat_handler=handler, n_ctx=1024, n_threads=threads, seed=0, verbose=False)
+    quiet = suppress_stdout_stderr(disable=debug)  # mtmd logs every image step to stderr
+    quiet.__enter__()
+    try:
+        out = llm.create_chat_completion(
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
+                {"type": "text", "text": prompt}]}], max_tokens=NEW_TOKENS, temperature=0.0)
+        bitmap = handler._create_bitmap_from_bytes(png)  # the context exists now; count the image's tokens
+        text = mtmd.mtmd_input_text()
+        raw = mtmd.mtmd_default_marker()
+        text.text, text.text_len, text.add_special, text.parse_special = raw, len(raw), False, True
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            arr = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            if mtmd.mtmd_tokenize(handler.mtmd_ctx, chunks, ctypes.byref(text), arr, 1) != 0:
+                raise RuntimeError("llama.cpp's mtmd could not tokenize the test picture")
+            n_img = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in
+                        (mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks)))
+                        if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+        finally:
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+    finally:
+        llm.close()
+        quiet.__exit__(None, None, None)
+    return {"mmproj": Path(mmproj).name, "image_tokens": int(n_img), "image_tokens_transformers": hf_tokens,
+            "answer_tokens": int(out["usage"]["completion_tokens"]),
+            "answer": out["choices"][0]["message"]["content"][:200]}
+
+
 # ---------------------------------------------------------------- metrics
 
 def _logits(model, items: list[dict], seqs, device: str):
@@ -346,7 +410,9 @@ def compare(ref: list, got: list) -> tuple[float, float, float, int]:
 
 
 def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: list[str], device: str = "cpu",
-        held_out: list[str] | None = None, log=print, debug: bool = False) -> Report:
+        held_out: list[str] | None = None, log=print, debug: bool = False, mmproj: Path | None = None) -> Report:
+    """Every export vs the 16-bit base. A VL GGUF (`mmproj` given): its language model on the text prompts (llama.cpp
+    is fed token ids, not pictures), and its projector through `gguf_vision`."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -383,7 +449,19 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
         t0 = time.time()
         try:
             if fmt == "gguf":
-                lg, loader = gguf_logits(path, seqs)
+                keep = [i for i, it in enumerate(items) if "pixel_values" not in it]
+                lg, loader = gguf_logits(path, [seqs[i] for i in keep])
+                ref_f = [ref[i] for i in keep]
+                if mmproj is not None:
+                    rep.vision = gguf_vision(path, mmproj, base_dir, debug=debug)
+                    v = rep.vision
+                    if v["image_tokens"] != v["image_tokens_transformers"]:
+                        rep.problems.append(f"gguf: llama.cpp makes {v['image_tokens']} image tokens of the test "
+                                            f"picture, transformers {v['image_tokens_transformers']}: the projector's "
+                                            "metadata does not match the model")
+                    if v["answer_tokens"] < 1:
+                        rep.problems.append("gguf: no answer to the test picture through the projector")
+                    log(f"verified gguf vision: {v['image_tokens']} image tokens, {v['answer_tokens']} answer tokens")
             else:
                 model, loader = load_export(path, fmt, modality, device, base_dir)
                 lg = _logits(model, items, seqs, device)
@@ -393,7 +471,7 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
             rep.results[fmt] = Result(fmt, "", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
             rep.problems.append(f"{fmt}: does not reload: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
-        kl, klmax, top1, n = compare(ref, lg)
+        kl, klmax, top1, n = compare(ref_f if fmt == "gguf" else ref, lg)
         rep.results[fmt] = Result(fmt, loader, kl, klmax, top1, n, round(time.time() - t0, 1))
         if not all(math.isfinite(x) for x in (kl, klmax)):
             rep.problems.append(f"{fmt}: non-finite logits")

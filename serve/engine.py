@@ -3,13 +3,13 @@ hardware and the local catalog (what exists under the artifact root). Both engin
 
 Rules (each with a one-line reason that serve prints and doctor shows):
 - a GGUF artifact -> llama.cpp (vLLM is not used for GGUF here);
-- Qwen3-VL -> vLLM (llama.cpp is not wired for Qwen3-VL's vision projector here);
-- `auto`, text model, on a CPU without AMX (vLLM's CPU int4 path there unpacks to bf16 and is compute-bound; without
-  AVX-512 it has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit
-  request `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine);
+- `auto` on a CPU without AMX (vLLM's CPU int4 path there unpacks to bf16 and is compute-bound; without AVX-512 it
+  has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit request
+  `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine); for Qwen3-VL only a
+  variant with its vision projector (`mmproj-*.gguf`), which llama.cpp's mtmd runs;
 - vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, llama-cpp-python not installed);
-- an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp for VL or without a GGUF variant,
-  vllm for a .gguf).
+- an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp without a GGUF variant, vllm for
+  a .gguf).
 """
 from __future__ import annotations
 
@@ -45,11 +45,16 @@ def _find_gguf(location: str | Path | None) -> Path | None:
 
 
 def gguf_variant_path(family_base_alias: str, bf16: bool, root: Path | None = None) -> Path | None:
-    """The local GGUF artifact of a family (4-bit `<family>-gguf`, or `<family>-gguf-bf16`), if there is one."""
+    """The local GGUF artifact of a family (4-bit `<family>-gguf`, or `<family>-gguf-bf16`), if there is one (for a
+    VL family: with its vision projector)."""
+    from quantize.gguf import find_mmproj
+
     fam = catalog.variant(family_base_alias).family
     alias = catalog.quantized_alias(fam.base_alias, "gguf") + ("-bf16" if bf16 else "")
     folder = (root or catalog.artifact_root()) / alias
-    return folder if _find_gguf(folder) is not None else None
+    if _find_gguf(folder) is None or (fam.modality == "vl" and find_mmproj(folder) is None):
+        return None
+    return folder
 
 
 def llamacpp_installed() -> bool:
@@ -86,13 +91,6 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
                             "`pip install -c constraints.txt -e .[llamacpp]`")
         return Choice("llamacpp", f"'{name}' is a GGUF artifact: llama.cpp serves it")
 
-    modality = v.modality if v else _modality_of(resolved)
-    if modality == "vl":
-        if req == "llamacpp":
-            raise UserError(f"llama.cpp cannot serve '{name}': Qwen3-VL with its vision projector is not wired to "
-                            "llama.cpp here", "use --engine vllm (or auto)")
-        return Choice("vllm", "VL model: vLLM (llama.cpp is not wired for Qwen3-VL's vision projector here)")
-
     gguf = None
     bf16 = not (v.is_quantized if v else False)
     if v is not None:
@@ -128,19 +126,6 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
     return Choice("vllm", f"{why}; no local GGUF variant{f' ({want})' if want else ''}: vLLM{hint}")
 
 
-def _modality_of(resolved: catalog.Resolved) -> str:
-    if resolved.source != "local":
-        return "text"
-    import json
-
-    try:
-        cfg = json.loads((Path(resolved.location) / "config.json").read_text())
-    except (OSError, ValueError):
-        return "text"
-    archs = cfg.get("architectures") or [""]
-    return "vl" if "vision_config" in cfg or str(archs[0]).endswith("ForConditionalGeneration") else "text"
-
-
 def decide(model: str, hw: Hardware, requested: str = "auto") -> Choice:
     """`choose_engine` for what the user typed: a .gguf file, or anything `catalog.resolve` takes."""
     p = Path(model).expanduser()
@@ -169,6 +154,6 @@ def doctor_rows(hw: Hardware) -> list[tuple[str, bool | None, str]]:
     else:
         auto = (f"llama.cpp when a GGUF variant exists locally ({_cpu_why(hw)}), else vLLM; "
                 "`python -m quantize --formats gguf` makes one")
-    rows.append(("engine auto (text)", None, auto))
-    rows.append(("engine auto (VL)", None, "vLLM: Qwen3-VL's vision projector is not wired to llama.cpp here"))
+    rows.append(("engine auto", None, auto + " (VL: a GGUF variant with its vision projector, run by llama.cpp's mtmd)"
+                                          if auto.startswith("llama.cpp") else auto))
     return rows

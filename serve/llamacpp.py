@@ -42,6 +42,7 @@ class GgufModel:
     file: Path  # the .gguf
     served_name: str
     max_model_len: int | None  # the catalog's / report's context length
+    mmproj: Path | None = None  # a VL model's vision projector (llama.cpp's mtmd loads it beside the model)
 
 
 @dataclass
@@ -62,15 +63,22 @@ class LlamaLaunch:
 
 def resolve_gguf(model: str) -> GgufModel:
     """An alias (`tiny-text-gguf`), an artifact folder holding a .gguf, or a .gguf file -> GgufModel."""
-    from quantize.gguf import find_file
+    from quantize.gguf import find_file, find_mmproj
+
+    def proj(where: Path) -> Path | None:
+        m = find_mmproj(where)
+        return m.resolve() if m else None
 
     p = Path(model).expanduser()
     if p.suffix == ".gguf" and p.is_file():
-        return GgufModel(model, p.resolve(), p.stem, None)
+        if find_file(p) is None:
+            raise UserError(f"'{model}' is a vision projector, not a language model",
+                            "pass the artifact folder (or the model's .gguf beside it)")
+        return GgufModel(model, p.resolve(), p.stem, None, proj(p))
     if p.is_dir() and find_file(p) is not None:
         v = catalog.VARIANTS.get(p.resolve().name)
         return GgufModel(model, find_file(p).resolve(), p.resolve().name,
-                         v.family.max_model_len if v else _report_len(p))
+                         v.family.max_model_len if v else _report_len(p), proj(p))
     r = catalog.resolve(model)
     f = find_file(Path(r.location)) if r.source == "local" else None
     if f is None:
@@ -78,7 +86,8 @@ def resolve_gguf(model: str) -> GgufModel:
                         "llama.cpp serves GGUF artifacts: make one with `python -m quantize --model BASE --formats "
                         "gguf`, or serve this model with --engine vllm")
     return GgufModel(model, f.resolve(), r.served_name,
-                     r.variant.family.max_model_len if r.variant else _report_len(Path(r.location)))
+                     r.variant.family.max_model_len if r.variant else _report_len(Path(r.location)),
+                     proj(Path(r.location)))
 
 
 def _report_len(folder: Path) -> int | None:
@@ -91,12 +100,15 @@ def _report_len(folder: Path) -> int | None:
 
 
 def llamacpp_command(gguf_file: Path, *, served_name: str, host: str, port: int, n_ctx: int, n_threads: int,
-                     api_key: str | None = None, python: str | None = None, extra_args=()) -> tuple[list[str],
-                                                                                                 dict[str, str]]:
-    """(argv, extra env) of llama.cpp's OpenAI server. Pure."""
+                     api_key: str | None = None, python: str | None = None, extra_args=(),
+                     mmproj: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra env) of llama.cpp's OpenAI server. Pure. A VL model: its projector through mtmd's generic
+    chat handler (the model's own chat template from the GGUF, images where the template puts them)."""
     argv = [python or sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host", host,
             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
             "--n_threads_batch", str(n_threads), "--model_alias", served_name]
+    if mmproj is not None:
+        argv += ["--chat_format", "mtmd", "--clip_model_path", str(mmproj)]
     env = {"OMP_WAIT_POLICY": "PASSIVE"}
     if api_key:
         env[KEY_ENV] = api_key
@@ -117,8 +129,9 @@ def plan(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_ke
     name = served_name or gm.served_name
     p = port if port is not None else vs.free_port(host)
     argv, env = llamacpp_command(gm.file, served_name=name, host=host, port=p, n_ctx=n_ctx, n_threads=threads,
-                                 api_key=key, python=engine_python, extra_args=extra_args)
-    return LlamaLaunch(GgufModel(gm.name, gm.file, name, gm.max_model_len), host, p, key, n_ctx, threads, argv, env)
+                                 api_key=key, python=engine_python, extra_args=extra_args, mmproj=gm.mmproj)
+    return LlamaLaunch(GgufModel(gm.name, gm.file, name, gm.max_model_len, gm.mmproj), host, p, key, n_ctx, threads,
+                       argv, env)
 
 
 def check_engine(python: str) -> None:

@@ -61,6 +61,7 @@ class VllmEngine(Engine):
         self.base_url: str | None = None
         self.model: str | None = None
         self._pid: int | None = None
+        self._extra_body: dict = {}  # per-engine request fields (llama.cpp: logit_bias on its end tokens)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -85,7 +86,12 @@ class VllmEngine(Engine):
 
             self.server = start_llamacpp(name, timeout_s=self.start_timeout_s, progress=False,
                                          n_threads=self.threads)
-            self.info.update(server="llama.cpp", gguf_file=find_file(Path(self.location)).name)
+            from quantize.gguf import end_token_ids
+
+            gf = find_file(Path(self.location))
+            ends = end_token_ids(gf)  # llama.cpp's server has no ignore_eos: the length is forced by logit_bias
+            self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
+            self.info.update(server="llama.cpp", gguf_file=gf.name, forced_length=f"logit_bias -100 on end tokens {ends}")
             if self.threads:
                 self.info["threads"] = self.threads
         else:
@@ -146,7 +152,8 @@ class VllmEngine(Engine):
             stats = None
             for ev in stream_chat(self.base_url, self.model, self._messages(req), api_key=self.api_key,
                                   max_tokens=req.output_len, temperature=0.0, ignore_eos=True,
-                                  min_tokens=req.output_len, timeout=self.request_timeout_s):
+                                  min_tokens=req.output_len, timeout=self.request_timeout_s,
+                                  extra_body=self._extra_body or None):
                 if ev.done:
                     stats = ev.stats
             if stats is None:

@@ -24,12 +24,12 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra `
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _quantize(base: Path, out: Path, gtype: str, *extra: str) -> Path:
+def _quantize(base: Path, out: Path, gtype: str, *extra: str, family: str = "tiny-text") -> Path:
     cmd = [sys.executable, "-m", "quantize", "--model", str(base), "--formats", "gguf", "--gguf-type", gtype,
            "--output", str(out), *extra]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}"
-    return out / ("tiny-text-gguf" + ("-bf16" if gtype == "bf16" else ""))
+    return out / (f"{family}-gguf" + ("-bf16" if gtype == "bf16" else ""))
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,13 @@ def ggufs(tmp_path_factory):
     base = catalog.resolve("tiny-text").path
     out = tmp_path_factory.mktemp("gguf") / "artifacts"
     return {"q4_0": _quantize(base, out, "q4_0", "--recipe", "rtn"), "bf16": _quantize(base, out, "bf16")}
+
+
+@pytest.fixture(scope="module")
+def vl_gguf(tmp_path_factory):
+    """tiny-vl as Q4_K_M GGUF with its 16-bit vision projector (RTN: the rounding path, fast)."""
+    out = tmp_path_factory.mktemp("vl-gguf") / "artifacts"
+    return _quantize(catalog.resolve("tiny-vl").path, out, "q4_k_m", "--recipe", "rtn", family="tiny-vl")
 
 
 def _port_open(port: int) -> bool:
@@ -123,22 +130,93 @@ def test_auto_engine_on_this_machine_serves_what_the_rules_say(ggufs):
     assert c16.engine == "llamacpp" and Path(c16.model) == ggufs["bf16"]
 
 
-def test_llamacpp_refuses_what_it_cannot_serve(tmp_path):
+def test_llamacpp_refuses_what_it_cannot_serve(vl_gguf):
     from serve.llamacpp import start_server
 
     with pytest.raises(UserError) as e:
         start_server(str(catalog.resolve("tiny-text").path), progress=False)
     assert "not a GGUF model" in e.value.line() and "--formats gguf" in e.value.line()
-    r = subprocess.run([sys.executable, "-m", "quantize", "--model", "tiny-vl", "--formats", "gguf", "--output",
-                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: GGUF export supports Qwen3 text models only")
+    proj = next(vl_gguf.glob("mmproj-*.gguf"))
+    with pytest.raises(UserError) as e:
+        start_server(str(proj), progress=False)
+    assert "vision projector, not a language model" in e.value.line()
+
+
+def test_vl_gguf_artifact_has_its_16bit_projector_linted_and_verified(vl_gguf):
+    """Qwen3-VL to GGUF: the language model in Q4_K_M, the vision tower + merger as a 16-bit mmproj file; lint
+    checks the projector's metadata and types, verify runs it in llama.cpp's mtmd on a picture."""
+    from quantize.gguf import find_file, find_mmproj, lint_folder, read_header
+
+    files = {p.name for p in vl_gguf.iterdir()}
+    assert {"tiny-vl-Q4_K_M.gguf", "mmproj-tiny-vl-F16.gguf", "config.json", "preprocessor_config.json",
+            "README.md", "quantization_report.json"} <= files
+    lm, proj = read_header(find_file(vl_gguf)), read_header(find_mmproj(vl_gguf))
+    assert lm["architecture"] == "qwen3vl" and lm["file_type"] == 15 and lm["has_chat_template"]
+    assert not any(n.startswith("v.") for n in lm["tensor_types"])  # no vision tensor in the language model
+    assert proj["architecture"] == "clip" and proj["projector_type"] == "qwen3vl_merger"
+    assert set(proj["tensor_types"].values()) <= {"F16", "F32"} and "F16" in proj["tensor_types"].values()
+    assert proj["projection_dim"] == lm["embedding_length"]
+    assert [p for p in lint_folder(vl_gguf, "q4_k_m", catalog.VL_ARCH, require_card=True) if p.level == "error"] == []
+    rep = json.loads((vl_gguf / "quantization_report.json").read_text())
+    ver = rep["verify"]
+    assert ver["ok"] and ver["results"]["gguf"]["kl_mean"] < 0.1
+    vis = ver["vision"]
+    assert vis["image_tokens"] == vis["image_tokens_transformers"] > 0 and vis["answer_tokens"] > 0
+    assert rep["mmproj"]["file"] == "mmproj-tiny-vl-F16.gguf" and rep["mmproj"]["projector_type"] == "qwen3vl_merger"
+    card = (vl_gguf / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card and "--clip_model_path mmproj-tiny-vl-F16.gguf" in card
+
+
+def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
+    """llama.cpp's server with the projector (mtmd) answers image chats from serve.client and the openai client;
+    `--engine auto` picks it for the VL W4A16 alias on a CPU without AMX; bench measures its image scenario."""
+    from serve.engine import choose_engine, gguf_variant_path
+    from serve.llamacpp import start_server
+    from tests.e2e.cli_run import png_bytes
+
+    hw = detect()
+    c = choose_engine(catalog.Resolved("tiny-vl-gptq", "local", "/unused", catalog.variant("tiny-vl-gptq")), hw,
+                      "auto", find_variant=lambda b, bf16: gguf_variant_path(b, bf16, vl_gguf.parent))
+    print(f"\nauto for tiny-vl-gptq here: {c.engine} — {c.reason}")
+    assert c.engine == ("vllm" if hw.has_gpu or hw.flag("amx_tile") else "llamacpp")
+    with start_server(str(vl_gguf), progress=False) as srv:
+        assert "--chat_format" in srv.argv and str(find_mmproj_path(vl_gguf)) in srv.argv
+        text, st = chat(srv.base_url, srv.model, [user_message("What is in this picture?", [png_bytes()])],
+                        max_tokens=12)
+        assert text and st.output_tokens > 0 and 0 < st.ttft_s <= st.total_s
+        import base64
+
+        url = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+        r = openai.OpenAI(base_url=srv.base_url, api_key="EMPTY").chat.completions.create(
+            model=srv.model, max_tokens=8, temperature=0.0, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}]}])
+        assert r.choices[0].message.content and r.usage.completion_tokens > 0
+        log = Path(srv.log_path).read_text(errors="replace")
+        assert "image" in log.lower(), log[-2000:]  # mtmd encoded the picture
+
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "bench", "--models", str(vl_gguf), "--concurrency", "1", "--prompts", "2",
+           "--input-len", "16", "--output-len", "8", "--quality-tokens", "4", "--threads", "1", "--out", str(out),
+           "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    x = json.loads((out / "report.json").read_text())["variants"][0]
+    assert x["status"] == "ok" and x["engine"]["server"] == "llama.cpp", x.get("reason")
+    for scen in ("text", "image"):
+        raw = x["raw"][scen]["1"]
+        assert len(raw) == 2 and all(q["ok"] and q["output_tokens"] == 8 for q in raw), raw
+
+
+def find_mmproj_path(folder: Path) -> Path:
+    from quantize.gguf import find_mmproj
+
+    return find_mmproj(folder).resolve()
 
 
 def test_gguf_lint_rules_catch_hand_made_bad_headers():
     """The lint rules are pure functions of the header: a file whose Linears were left 16-bit, the wrong file
     type, a missing vocabulary or a quantized norm are errors."""
-    from quantize.gguf import check_files, check_header
+    from quantize.gguf import check_files, check_header, check_mmproj
 
     good = {"architecture": "qwen3", "file_type": 2, "has_vocab": True, "has_chat_template": True,
             "tensor_types": {**{f"blk.{i}.{n}.weight": "Q4_0" for i in range(2)
@@ -157,6 +235,20 @@ def test_gguf_lint_rules_catch_hand_made_bad_headers():
     assert any("architecture" in m for m in errs({**good, "architecture": "llama"}))
     assert [p.message for p in check_files({"a.gguf", "b.gguf", "config.json", "tokenizer_config.json"})] == \
         ["expected one .gguf file, found 2"]
+    # a VL artifact: one projector beside the language model, 16-bit, with the right projector type and width
+    vl_files = {"m.gguf", "config.json", "tokenizer_config.json"}
+    assert [p.message for p in check_files(vl_files, vl=True)] == ["expected one vision projector mmproj-*.gguf, found 0"]
+    assert check_files(vl_files | {"mmproj-m-F16.gguf"}, vl=True) == []
+    proj = {"architecture": "clip", "projector_type": "qwen3vl_merger", "has_vision_encoder": True, "file_type": 1,
+            "projection_dim": 256, "tensor_types": {"v.blk.0.attn_q.weight": "F16", "v.blk.0.ln1.weight": "F32"}}
+    lm = {"embedding_length": 256}
+    assert check_mmproj(proj, lm, catalog.VL_ARCH) == []
+    perrs = lambda h: [p.message for p in check_mmproj(h, lm, catalog.VL_ARCH) if p.level == "error"]  # noqa: E731
+    assert any("vision tensors are quantized" in m
+               for m in perrs({**proj, "tensor_types": {"v.blk.0.attn_q.weight": "Q4_K"}}))
+    assert any("projector_type" in m for m in perrs({**proj, "projector_type": "qwen2vl_merger"}))
+    assert any("outputs 128 values per image token" in m for m in perrs({**proj, "projection_dim": 128}))
+    assert any("no vision tower" in m for m in perrs({**proj, "has_vision_encoder": False}))
 
 
 def test_bench_serves_gguf_variants_with_llamacpp(ggufs, tmp_path):

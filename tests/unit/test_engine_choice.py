@@ -100,13 +100,25 @@ def test_auto_on_amx_or_gpu_is_vllm_even_with_a_gguf_variant(with_variants, hw, 
         assert c.engine == "vllm" and c.model is None and word in c.reason
 
 
-@pytest.mark.parametrize("hw", [AVX2, AVX512, AMX, GPU], ids=["avx2", "avx512", "amx", "gpu"])
-def test_vl_stays_on_vllm_and_llamacpp_for_vl_is_refused(hw):
-    c = choose_engine(res("tiny-vl-awq"), hw, "auto", find_variant=lambda b, f: Path("/x"), llamacpp_ok=True)
-    assert c.engine == "vllm" and "VL" in c.reason
+@pytest.mark.parametrize("hw,engine", [(AVX2, "llamacpp"), (AVX512, "llamacpp"), (AMX, "vllm"), (GPU, "vllm")],
+                         ids=["avx2", "avx512", "amx", "gpu"])
+def test_vl_follows_the_same_rules_with_its_projector(tmp_path, hw, engine):
+    """A VL family's GGUF variant counts only with its vision projector beside it (llama.cpp's mtmd needs it)."""
+    q4 = gguf_folder(tmp_path, "tiny-vl-gguf")
+    find = lambda b, bf16: gguf_variant_path(b, bf16, tmp_path)  # noqa: E731 - the real lookup
+    assert find("tiny-vl", False) is None  # the language model alone: no images, not a variant
     with pytest.raises(UserError) as e:
-        choose_engine(res("tiny-vl"), hw, "llamacpp", find_variant=none, llamacpp_ok=True)
-    assert "Qwen3-VL" in e.value.line() and "--engine vllm" in e.value.line()
+        choose_engine(res("tiny-vl-awq"), hw, "llamacpp", find_variant=find, llamacpp_ok=True)
+    assert "no local GGUF variant (tiny-vl-gguf)" in e.value.line() and "--formats gguf" in e.value.line()
+    assert choose_engine(res("tiny-vl-awq"), hw, "auto", find_variant=find, llamacpp_ok=True).engine == "vllm"
+
+    (q4 / "mmproj-tiny-vl-F16.gguf").write_bytes(b"GGUF")
+    assert find("tiny-vl", False) == q4 and find("tiny-vl", True) is None
+    c = choose_engine(res("tiny-vl-awq"), hw, "auto", find_variant=find, llamacpp_ok=True)
+    assert c.engine == engine and (c.model == str(q4) if engine == "llamacpp" else c.model is None), c
+    assert choose_engine(res("tiny-vl-awq"), hw, "llamacpp", find_variant=find, llamacpp_ok=True).model == str(q4)
+    # the 16-bit VL base has no 16-bit GGUF twin here: vLLM
+    assert choose_engine(res("tiny-vl"), hw, "auto", find_variant=find, llamacpp_ok=True).engine == "vllm"
 
 
 def test_explicit_engine_wins(with_variants):
