@@ -256,6 +256,10 @@ def render_md(report: dict) -> str:
                      _f(rf["bandwidth_gb_s"]), _f(rf["limit_tok_s"]), _f(rf["tok_s"]), _f(rf["achieved_gb_s"], 2),
                      _f(rf["pct_of_limit"], 0, "%")])
     L += _table(head, rows)
+    over = [r["alias"] for r in d["rows"] if ((r.get("roofline") or {}).get("pct_of_limit") or 0) > 100]
+    if over:
+        L += ["", f"Above 100%: {', '.join(over)} — weights this small stay in the CPU caches, so memory bandwidth "
+                  "does not bound them (a model of real size is the test of the limit)."]
     L.append("")
     # quality
     q = report.get("quality") or {}

@@ -89,10 +89,12 @@ def gguf_weights(path: Path) -> dict:
 def weights(model_dir: str | Path) -> dict:
     """Bytes by group and dtype from the safetensors headers (or a GGUF's tensor table), and bytes read per
     decoded token."""
+    from quantize.gguf import find_file as find_gguf
+
     d = Path(model_dir)
     files = sorted(d.glob("*.safetensors"))
-    if not files and (ggufs := sorted(d.glob("*.gguf")) if d.is_dir() else ([d] if d.suffix == ".gguf" else [])):
-        return gguf_weights(ggufs[0])
+    if not files and (lm := find_gguf(d)) is not None:  # the language model, not a VL model's mmproj
+        return gguf_weights(lm)
     if not files:
         raise FileNotFoundError(f"no .safetensors files in {d}")
     groups = {g: 0 for g in GROUPS}

@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="?", const=BASE, metavar="ALIAS",
                    help="send every message to ALIAS too and show both answers side by side "
                         "(no ALIAS: the 16-bit base of --model)")
+    p.add_argument("--engine", choices=("auto", "vllm", "llamacpp"), default="auto",
+                   help="engine of the servers started here, as `python -m serve --engine` (default auto: "
+                        "llama.cpp for GGUF variants and, on CPUs without AMX, a local GGUF variant; else vLLM)")
     p.add_argument("--endpoint", metavar="URL",
                    help="use this running OpenAI-compatible server for --model instead of starting one")
     p.add_argument("--compare-endpoint", metavar="URL",
@@ -132,7 +135,8 @@ def describe(name: str) -> tuple[str, bool]:
     v = catalog.VARIANTS.get(name)
     if v is None:
         return "", True
-    note = f"W4A16 ({v.format.name})" if v.is_quantized else "16-bit"
+    note = ("4-bit GGUF (llama.cpp)" if v.format.name == "gguf" else f"W4A16 ({v.format.name})") if v.is_quantized \
+        else "16-bit"
     return note, v.modality == "vl"
 
 
@@ -157,16 +161,28 @@ def endpoint_target(url: str, model: str | None, api_key: str | None):
     return Target(model, base, model, api_key, note=note, accepts_images=images)
 
 
-def served_target(model: str, api_key: str | None, stack: ExitStack, share_gpu: bool = False):
-    """Start a server for `model` through serve (stopped when `stack` closes) and return its Target.
+def served_target(model: str, api_key: str | None, stack: ExitStack, share_gpu: bool = False,
+                  engine: str = "auto"):
+    """Start a server for `model` through serve (stopped when `stack` closes) and return its Target: the engine
+    `python -m serve --engine` would pick (llama.cpp for GGUF variants, else vLLM).
     `share_gpu`: two servers started here share one GPU, so each may take under half its memory."""
+    from core.hardware import detect
     from demo.app import Target
-    from serve.server import start_server
+    from serve.engine import decide
 
-    print(f"demo: starting a server for {model} (vLLM start-up takes a minute or more) ...", file=sys.stderr,
-          flush=True)
-    more = {"gpu_memory_utilization": GPU_SHARE} if share_gpu else {}
-    srv = stack.enter_context(start_server(model, api_key=api_key, progress=True, **more))
+    choice = decide(model, detect(), engine)
+    print(f"demo: {model}: engine {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
+    if choice.engine == "llamacpp":
+        from serve.llamacpp import start_server as start_llamacpp
+
+        srv = stack.enter_context(start_llamacpp(choice.model or model, api_key=api_key, progress=True))
+    else:
+        from serve.server import start_server
+
+        print(f"demo: starting a server for {model} (vLLM start-up takes a minute or more) ...", file=sys.stderr,
+              flush=True)
+        more = {"gpu_memory_utilization": GPU_SHARE} if share_gpu else {}
+        srv = stack.enter_context(start_server(model, api_key=api_key, progress=True, **more))
     print(f"demo: {srv.model} is up at {srv.base_url} (log: {srv.log_path})", file=sys.stderr, flush=True)
     note, images = describe(srv.model)
     return Target(srv.model, srv.base_url, srv.model, srv.api_key, note=note, accepts_images=images), srv
@@ -211,11 +227,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.hardware import detect
     from demo.app import Settings, build_app, launch
+    from serve import llamacpp
+    from serve.engine import decide
     from serve.server import plan
 
     for name, endpoint in ((model, args.endpoint), (compare, args.compare_endpoint)):
-        if name is not None and endpoint is None:
-            plan(name, api_key=api_key)  # every check serve makes (alias, files, W4A16 here) before any start
+        if name is not None and endpoint is None:  # every check serve makes before any start
+            choice = decide(name, detect(), args.engine)
+            if choice.engine == "llamacpp":
+                llamacpp.plan(choice.model or name, api_key=api_key)
+            else:
+                plan(name, api_key=api_key)  # alias, files, W4A16 here
     settings = Settings(max_tokens=args.max_tokens, max_image_bytes=int(args.max_image_mb * 2**20),
                         timeout_s=args.timeout)
     share_gpu = detect().has_gpu and not args.endpoint and compare_on and not args.compare_endpoint
@@ -225,14 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.endpoint:
             targets.append(endpoint_target(args.endpoint, model, api_key))
         else:
-            t, srv = served_target(model, api_key, stack, share_gpu)
+            t, srv = served_target(model, api_key, stack, share_gpu, args.engine)
             targets.append(t)
             started.append(srv)
         if compare_on:
             if args.compare_endpoint:
                 targets.append(endpoint_target(args.compare_endpoint, compare, api_key))
             else:
-                t, srv = served_target(compare, api_key, stack, share_gpu)
+                t, srv = served_target(compare, api_key, stack, share_gpu, args.engine)
                 targets.append(t)
                 started.append(srv)
             if targets[1].label == targets[0].label:  # e.g. one endpoint passed twice

@@ -106,7 +106,9 @@ def llamacpp_command(gguf_file: Path, *, served_name: str, host: str, port: int,
     chat handler (the model's own chat template from the GGUF, images where the template puts them)."""
     argv = [python or sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host", host,
             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
-            "--n_threads_batch", str(n_threads), "--model_alias", served_name]
+            "--n_threads_batch", str(n_threads), "--model_alias", served_name,
+            # llama_cpp.server's default cuts a streaming answer off when another request arrives: queue instead
+            "--interrupt_requests", "False"]
     if mmproj is not None:
         argv += ["--chat_format", "mtmd", "--clip_model_path", str(mmproj)]
     env = {"OMP_WAIT_POLICY": "PASSIVE"}

@@ -91,7 +91,9 @@ def test_bench_vllm_tiny_vl_and_w4(server, artifact, tmp_path):
     row = next(x for x in rep["derived"]["rows"] if x["alias"] == "tiny-vl")
     assert row["x_baseline"]["decode_tok_s_bs1"] == pytest.approx(1.0)
     assert row["roofline"]["limit_tok_s"] == pytest.approx(row["roofline"]["bandwidth_gb_s"] * 1e9 / w["bytes_per_token"])
-    assert 0 < row["roofline"]["pct_of_limit"] < 100
+    assert row["roofline"]["pct_of_limit"] > 0  # above 100% is possible: a tiny model stays in the CPU caches
+    if row["roofline"]["pct_of_limit"] > 100:
+        assert "Above 100%: tiny-vl" in md and "stay in the CPU caches" in md
     q = rep["quality"]["tiny-vl"]
     assert q["exact"] == q["prompts"] == 6  # greedy answers of the same server are identical to themselves
 

@@ -98,6 +98,13 @@ def test_llamacpp_server_chats_and_stops_clean(ggufs, tmp_path):
         assert r.choices[0].message.content and r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 12
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.base_url, api_key="wrong").models.list()
+        # concurrent answers queue, none is cut off by the next (llama_cpp.server's default would interrupt them)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(3) as ex:
+            ends = list(ex.map(lambda k: chat(srv.base_url, srv.model, [user_message(f"Question {k}: what is a set?")],
+                                              api_key=srv.api_key, max_tokens=32), range(3)))
+        assert all(st.output_tokens > 0 and st.finish_reason in ("stop", "length") for _, st in ends), ends
         assert (tmp_path / "run" / "llamacpp.log").stat().st_size > 0
     finally:
         srv.stop()

@@ -258,8 +258,8 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
     port = free_port()
     key = "test-key-5f3a9c"
     # a long context, so the answer cut by SIGTERM below is still being generated (tiny-text decodes ~700 tokens/s)
-    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--port", str(port),
-                             "--max-model-len", "8192"],
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", "tiny-text", "--engine", "vllm", "--port",
+                             str(port), "--max-model-len", "8192"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "QWEN_W4_API_KEY": key})
     tree: list[psutil.Process] = []
@@ -361,7 +361,7 @@ def test_w4a16_formats(fmt, artifact, server):
         if fmt == "autoround" and not detect().has_gpu:
             assert "Successfully loaded auto_round_kernel" in log
     else:  # refused before anything starts, with the reason and what to do
-        r = run_mod("serve", "--model", alias, "--port", "0")
+        r = run_mod("serve", "--model", alias, "--engine", "vllm", "--port", "0")
         line = assert_one_line_error(r, f"W4A16 checkpoint '{alias}'", "AVX-512", "bf16 variant (tiny-vl)")
         assert W4_WHY in line
         assert r.stdout == ""
