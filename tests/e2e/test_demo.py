@@ -391,3 +391,36 @@ def test_compare_and_server_lifecycle(server, artifact, browser, shots):
         gone, alive = psutil.wait_procs(engines, timeout=30)
         assert not alive, f"vLLM processes left behind: {[p.pid for p in alive]}"
     assert shared.alive()
+
+
+def test_vl_gguf_on_llamacpp_beside_its_16bit_base(server, browser, shots, tmp_path):
+    """The demo starts llama.cpp (with the vision projector) for a Qwen3-VL GGUF and compares it in the page with
+    the 16-bit base on vLLM: one picture, two streamed answers with their speed; the llama.cpp server goes with it."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra `llamacpp`)")
+    shared = server("tiny-vl")
+    out = tmp_path / "artifacts"
+    r = subprocess.run([sys.executable, "-m", "quantize", "--model", "tiny-vl", "--formats", "gguf", "--recipe", "rtn",
+                        "--no-verify", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    gguf = out / "tiny-vl-gguf"
+    with running_demo("--model", str(gguf), "--compare-endpoint", shared.base_url, "--compare", shared.model,
+                      *_key_args(shared), "--max-tokens", "24") as demo:
+        url = demo.url(timeout=300)
+        assert "engine llamacpp" in demo.output, demo.output[-2000:]
+        servers = [p for p in psutil.Process(demo.proc.pid).children(recursive=True)
+                   if "llama_cpp.server" in " ".join(p.cmdline())]
+        assert servers and any("--clip_model_path" in p.cmdline() for p in servers), demo.output[-2000:]
+        page = open_page(browser, url)
+        with shot_on_failure(page, shots / "failure-llamacpp.png"):
+            heads = [page.locator(f"#chat-{i}").inner_text() for i in (0, 1)]
+            assert "tiny-vl-gguf" in heads[0] and "tiny-vl" in heads[1]
+            send(page, "Which fruit sold the most?", [EXAMPLES / "bar_chart.png"])
+            left, right = wait_answers(page, [0, 1], 1)
+            assert_answer(left, "tiny-vl-gguf")
+            assert_answer(right, "tiny-vl")
+            page.screenshot(path=str(shots / "llamacpp-vl-compare.png"), full_page=True)
+            page.close()
+        assert demo.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, f"llama.cpp server left behind: {[p.pid for p in alive]}"
+    assert shared.alive()
