@@ -76,6 +76,7 @@ def resolve_gguf(model: str) -> GgufModel:
                             "pass the artifact folder (or the model's .gguf beside it)")
         return GgufModel(model, p.resolve(), p.stem, None, proj(p))
     if p.is_dir() and find_file(p) is not None:
+        _check_projector(p)
         v = catalog.VARIANTS.get(p.resolve().name)
         return GgufModel(model, find_file(p).resolve(), p.resolve().name,
                          v.family.max_model_len if v else _report_len(p), proj(p))
@@ -85,9 +86,26 @@ def resolve_gguf(model: str) -> GgufModel:
         raise UserError(f"'{model}' is not a GGUF model (no .gguf file in {r.location})",
                         "llama.cpp serves GGUF artifacts: make one with `python -m quantize --model BASE --formats "
                         "gguf`, or serve this model with --engine vllm")
+    _check_projector(Path(r.location))
     return GgufModel(model, f.resolve(), r.served_name,
                      r.variant.family.max_model_len if r.variant else _report_len(Path(r.location)),
                      proj(Path(r.location)))
+
+
+def _check_projector(folder: Path) -> None:
+    """A Qwen3-VL GGUF folder (its config has a vision_config) must hold its projector: without it llama.cpp would
+    serve the language model alone and answer pictures it never saw."""
+    import json
+
+    from quantize.gguf import find_mmproj
+
+    try:
+        vl = "vision_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if vl and find_mmproj(folder) is None:
+        raise UserError(f"{folder} is a Qwen3-VL GGUF artifact without its vision projector (mmproj-*.gguf)",
+                        f"re-run `python -m quantize --formats gguf` for this model, or put the mmproj file in {folder}")
 
 
 def _report_len(folder: Path) -> int | None:
