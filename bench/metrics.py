@@ -27,6 +27,7 @@ class RequestResult:
     itl_s: list[float] = field(default_factory=list)
     start_s: float = 0.0  # perf_counter at send, for timelines
     error: str = ""
+    finish_reason: str | None = None  # the server's: "length" when the forced length was reached
 
     @property
     def tpot_s(self) -> float | None:
@@ -108,6 +109,9 @@ def summarize(results: list[RequestResult], duration_s: float, percentiles=PERCE
         out.update(distribution_ms(vals, name, percentiles))
     # decode speed of one stream: what a user watching one answer sees (1 / mean TPOT)
     out["decode_tok_s_per_stream"] = (1000.0 / out["mean_tpot_ms"]) if out["mean_tpot_ms"] else None
+    # answers the server ended before the forced length (llama.cpp stops at its end-of-turn text even when its
+    # end tokens are biased away): counted, and their per-token times use the tokens they produced
+    out["ended_early"] = sum(1 for r in ok if r.finish_reason not in (None, "length"))
     errors = sorted({r.error for r in results if not r.ok and r.error})
     if errors:
         out["errors"] = errors[:5]

@@ -209,7 +209,14 @@ def render_md(report: dict) -> str:
                              r["total_output_tokens"]])
         L += _table(head, rows)
         L += ["", "Times in ms. TTFT, TPOT, ITL as `vllm bench serve` defines them; out tok/s = output tokens / "
-                  "wall time of the level.", ""]
+                  "wall time of the level."]
+        early = [(v["alias"], c, r["ended_early"], r["completed"]) for v in vs
+                 for c, r in sorted(v["runs"][scen].items(), key=lambda kv: int(kv[0])) if r.get("ended_early")]
+        if early:
+            L += ["Ended before the forced length: " + "; ".join(f"{a} c={c}: {n} of {m}" for a, c, n, m in early)
+                  + " (the server stopped them, e.g. llama.cpp at its end-of-turn text even with its end tokens "
+                    "biased away; their per-token times use the tokens they produced)."]
+        L.append("")
     # memory
     L += ["## Memory", ""]
     head = ["variant", "weights on disk GB", "folder GB", "weights in memory GB", "RSS after start GB", "RSS peak GB",

@@ -148,7 +148,7 @@ class ChatStats:
     output_tokens: int
     prompt_tokens: int
     tokens_per_s: float
-    itl_s: list[float] = field(default_factory=list)  # gaps between text chunks, the first from TTFT's chunk
+    itl_s: list[float] = field(default_factory=list)  # gaps between choice chunks after TTFT's chunk
     finish_reason: str | None = None  # "stop", "length", ...
     usage_reported: bool = True  # False: no usage sent; output_tokens = max_tokens if cut by length, else chunks
 
@@ -229,13 +229,14 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
                 now = time.perf_counter()
                 if t_first is None:  # the server's first choice chunk follows its first token (vLLM and
                     t_first = t_last = now  # llama.cpp send it then), even when that token's text is withheld
+                else:  # ITL: every later choice chunk, with text or not (the finish chunk too), as vllm bench
+                    gaps.append(now - t_last)
+                    t_last = now
                 if choice.finish_reason:
                     finish = choice.finish_reason
                 delta = (choice.delta.content if choice.delta else None) or ""
                 if not delta:
                     continue
-                gaps.append(now - t_last)  # from the previous chunk (the first: from the choice chunk)
-                t_last = now
                 chunks += 1
                 text += delta
                 yield Event(delta, text, False)

@@ -161,7 +161,7 @@ class VllmEngine(Engine):
             return RequestResult(True, ttft_s=stats.ttft_s, latency_s=stats.total_s,
                                  output_tokens=int(stats.output_tokens or 0),
                                  prompt_tokens=int(stats.prompt_tokens or 0),
-                                 itl_s=list(stats.itl_s or []), start_s=start)
+                                 itl_s=list(stats.itl_s or []), start_s=start, finish_reason=stats.finish_reason)
         except Exception as e:  # noqa: BLE001 - a failed request is data, recorded with its reason
             if self.debug and not isinstance(e, UserError):
                 traceback.print_exc()

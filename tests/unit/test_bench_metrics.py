@@ -53,6 +53,9 @@ def test_summarize_definitions():
     assert s["std_ttft_ms"] == pytest.approx(1000 * float(np.std([0.5, 1.0])))
     assert s["mean_e2el_ms"] == pytest.approx(1000 * (0.8 + 1.6) / 2)
     assert s["decode_tok_s_per_stream"] == pytest.approx(5.0)
+    assert s["ended_early"] == 0  # no finish reasons known (in-process engine): nothing counted early
+    a.finish_reason, b.finish_reason = "length", "stop"
+    assert summarize([a, b], duration_s=2.0)["ended_early"] == 1
 
 
 def test_summarize_all_failed_has_no_numbers():
