@@ -342,31 +342,29 @@ def gguf_vision(path: Path, mmproj: Path, base_dir: Path, debug: bool = False) -
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False)
     llm = Llama(model_path=str(path), chat_handler=handler, n_ctx=1024, n_threads=threads, seed=0, verbose=False)
-    quiet = suppress_stdout_stderr(disable=debug)  # mtmd logs every image step to stderr
-    quiet.__enter__()
-    try:
-        out = llm.create_chat_completion(
-            messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-                {"type": "text", "text": prompt}]}], max_tokens=NEW_TOKENS, temperature=0.0)
-        bitmap = handler._create_bitmap_from_bytes(png)  # the context exists now; count the image's tokens
-        text = mtmd.mtmd_input_text()
-        raw = mtmd.mtmd_default_marker()
-        text.text, text.text_len, text.add_special, text.parse_special = raw, len(raw), False, True
-        chunks = mtmd.mtmd_input_chunks_init()
+    with suppress_stdout_stderr(disable=debug):  # mtmd logs every image step to stderr
         try:
-            arr = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            if mtmd.mtmd_tokenize(handler.mtmd_ctx, chunks, ctypes.byref(text), arr, 1) != 0:
-                raise RuntimeError("llama.cpp's mtmd could not tokenize the test picture")
-            n_img = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in
-                        (mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks)))
-                        if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+            out = llm.create_chat_completion(
+                messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
+                    {"type": "text", "text": prompt}]}], max_tokens=NEW_TOKENS, temperature=0.0)
+            bitmap = handler._create_bitmap_from_bytes(png)  # the context exists now; count the image's tokens
+            text = mtmd.mtmd_input_text()
+            raw = mtmd.mtmd_default_marker()
+            text.text, text.text_len, text.add_special, text.parse_special = raw, len(raw), False, True
+            chunks = mtmd.mtmd_input_chunks_init()
+            try:
+                arr = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+                if mtmd.mtmd_tokenize(handler.mtmd_ctx, chunks, ctypes.byref(text), arr, 1) != 0:
+                    raise RuntimeError("llama.cpp's mtmd could not tokenize the test picture")
+                n_img = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in
+                            (mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks)))
+                            if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+            finally:
+                mtmd.mtmd_input_chunks_free(chunks)
+                mtmd.mtmd_bitmap_free(bitmap)
         finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
-    finally:
-        llm.close()
-        quiet.__exit__(None, None, None)
+            llm.close()
     return {"mmproj": Path(mmproj).name, "image_tokens": int(n_img), "image_tokens_transformers": hf_tokens,
             "answer_tokens": int(out["usage"]["completion_tokens"]),
             "answer": out["choices"][0]["message"]["content"][:200]}
