@@ -29,6 +29,7 @@ from pathlib import Path
 
 from core import catalog
 from core.errors import UserError
+from core.llamacpp_build import check_runs
 from quantize.lint import Problem, _err, _warn
 
 GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
@@ -454,6 +455,7 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
         ver = None
         if do_verify:
             log("verifying: loading the GGUF with llama.cpp and comparing with the 16-bit base")
+            check_runs(folder / fname)  # a llama.cpp build that crashes here: one line, nothing placed
             rep = verify.run(base_dir, {"gguf": folder / fname}, modality, linear_names, device="cpu",
                              held_out=cal.held_out if cal else None, log=log, debug=debug, mmproj=mmproj)
             r = rep.results.get("gguf")

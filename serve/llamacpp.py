@@ -25,6 +25,7 @@ from pathlib import Path
 from core import catalog
 from core.errors import UserError
 from core.hardware import Hardware, detect
+from core.llamacpp_build import check_runs
 from serve import server as vs
 from serve.args import MASK, default_api_key, is_loopback, shown_command
 
@@ -169,6 +170,7 @@ def launch(lp: LlamaLaunch, *, run_dir: str | Path | None = None, timeout_s: flo
     if checks:
         vs.check_port_free(lp.host, lp.port)
         check_engine(lp.argv[0])
+        check_runs(lp.model.file, lp.argv[0])  # a build whose AMX backend crashes: one line, no dead server
     return vs.spawn(lp.argv, lp.env, command=lp.command, served_name=lp.model.served_name, api_key=lp.api_key,
                     host=lp.host, port=lp.port, log_name=LOG_NAME, run_dir=run_dir, wait=_wait_ready,
                     timeout_s=timeout_s, progress=progress)
