@@ -58,6 +58,15 @@ def parser() -> argparse.ArgumentParser:
                    help="CPU threads: torch and AutoRound's kernels (transformers), llama.cpp's n_threads and the cores "
                         "vLLM's CPU worker is bound to (servers; default: each engine's own choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="bf16 vs AutoRound W4A16 (RTN) on the Qwen3-VL-8B text shape with random weights, built on the "
+                        "GPU, transformers engine, batch 1 and 16 (bench/gpu_check.py; uses --out, --overwrite, "
+                        "--compile, --backend, --threads)")
+    p.add_argument("--gpu-check-shape", choices=("8b", "small"), default="8b",
+                   help="--gpu-check: the real 8B text shape (GPU) or a tiny one of the same architecture (CPU test)")
+    p.add_argument("--gpu-check-budget", type=float, default=480.0, metavar="SECONDS",
+                   help="--gpu-check: skip a batch level that would end later than this after the start, judged by the "
+                        "longest level so far (default 480)")
     add_common(p)
     return p
 
@@ -135,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return report()
     if args.render:
         return render_only(args)
+    if args.gpu_check:
+        from bench.gpu_check import main as gpu_check
+
+        return gpu_check(args, argv)
     if not args.models:
         raise UserError("no models given", "pass --models ALIAS[,ALIAS...] (see `python -m serve --list`)")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
