@@ -48,7 +48,8 @@ class Hardware:
     def cpu_int4_path(self) -> str:
         """Which W4A16 kernel vLLM's CPU build runs here (see NOTES: AMX gets W4A8, else wna16)."""
         if self.flag("amx_tile"):
-            return "int4 W4A8 with AMX tiles (fast path)"
+            return ("W4A8 int4_scaled_mm_cpu on AMX tiles (int8 activations; vLLM's own choice here; --cpu-int4 "
+                    "w4a16 for cpu_gemm_wna16, bf16 math on AMX tiles; neither is bit-exact with transformers)")
         if self.flag("avx512_vnni"):
             return ("W4A8 int4_scaled_mm_cpu (int8 activations; serve enables it without AMX through its vLLM "
                     "plugin; --cpu-int4 w4a16 for cpu_gemm_wna16, bf16 math, exact but compute-bound)")

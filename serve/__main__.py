@@ -16,7 +16,8 @@ import time
 
 from core.cli import add_common, print_catalog
 from core.errors import UserError, run_cli
-from serve.args import API_KEY_ENV, CPU_INT4_PATHS, VLLM_PYTHON_ENV
+from core.llamacpp_build import check_runs
+from serve.args import API_KEY_ENV, CPU_INT4_PATHS, VLLM_PYTHON_ENV, cpu_int4_line
 
 EPILOG = f"""examples:
   python -m serve --model tiny-vl                       # a local tiny VL model on 127.0.0.1:8000
@@ -136,16 +137,20 @@ def main(argv: list[str] | None = None) -> int:
         launch = S.launch
     # the engine line goes to stderr after every check: a refused start prints one error line and nothing else,
     # and stdout starts with the exact command
+    kernel = None if choice.engine == "llamacpp" else cpu_int4_line(lp.info, lp.hw, lp.opts.cpu_int4)
+    if not args.dry_run:
+        if choice.engine == "llamacpp":
+            S.check_port_free(lp.host, lp.port)
+            L.check_engine(lp.argv[0])
+            check_runs(lp.model.file, lp.argv[0])
+        else:
+            S.preflight(lp)
+    print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
+    if kernel:
+        print(kernel, file=sys.stderr, flush=True)
     if args.dry_run:
-        print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
         print(f"$ {lp.command}", flush=True)
         return 0
-    if choice.engine == "llamacpp":
-        S.check_port_free(lp.host, lp.port)
-        L.check_engine(lp.argv[0])
-    else:
-        S.preflight(lp)
-    print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
     print(f"$ {lp.command}", flush=True)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -237,6 +237,41 @@ def cpu_int4(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str | No
     return "w4a8" if hw.flag("avx512_vnni") or hw.flag("amx_tile") else "w4a16"
 
 
+def cpu_agreement(hw: Hardware, path: str | None) -> tuple[bool, str]:
+    """Whether vLLM's greedy tokens on this CPU equal transformers' on the same checkpoint (exact), and why not.
+    `path` is `cpu_int4(...)` (None: a 16-bit model). Measured (tests/e2e/test_serve.py checks both halves):
+    exact on AVX2 / AVX-512 CPUs without AMX for bf16 and the wna16 path; on AMX CPUs vLLM's own GEMMs run on AMX
+    tiles (its sgl kernels and oneDNN for bf16 linears, `isa_hint="amx"` for wna16) and sum in another order than
+    torch, so near-ties of a random model flip: there the served tokens are transformers' argmax within a small
+    logprob margin instead. W4A8 quantizes activations to int8 per token: a larger margin everywhere."""
+    if hw.has_gpu:
+        return False, "GPU kernels (Marlin/Machete, FlashAttention) sum in another order than transformers"
+    if path == "w4a8":
+        return False, "W4A8 quantizes activations to int8 per token (int4_scaled_mm_cpu)"
+    if hw.flag("amx_tile"):
+        return False, ("vLLM's CPU GEMMs run on AMX tiles here and sum in another order than torch's; vLLM has no "
+                       "bit-exact path on this CPU")
+    return True, "bf16 math, measured equal to transformers' greedy tokens on CPUs without AMX"
+
+
+CPU_INT4_KERNELS = {"w4a8": "int4_scaled_mm_cpu: int4 weights, int8 per-token activations",
+                    "w4a16": "cpu_gemm_wna16: int4 unpacked to bf16, bf16 math"}
+
+
+def cpu_int4_line(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str | None:
+    """The one line serve prints about a W4A16 checkpoint's CPU kernel (None where no choice applies)."""
+    path = cpu_int4(info, hw, requested)
+    if path is None:
+        return None
+    if info.quant_method == "auto-round":
+        return "cpu int4: AutoRound's own CPU kernel (auto-round-lib); --cpu-int4 applies to GPTQ/AWQ/compressed-tensors"
+    how = "vLLM's own choice on AMX" if hw.flag("amx_tile") and path == "w4a8" else (
+        "serve's choice (--cpu-int4 auto)" if requested == "auto" else f"--cpu-int4 {requested}")
+    exact, why = cpu_agreement(hw, path)
+    return (f"cpu int4: {path} ({CPU_INT4_KERNELS[path]}{', AMX tiles' if hw.flag('amx_tile') else ''}), {how}; "
+            f"{'tokens equal transformers' if exact else 'not bit-exact: ' + why}")
+
+
 def kv_cache_gib(info: ModelInfo, hw: Hardware, max_model_len: int | None, sequences: int = 4) -> int:
     """CPU KV-cache size (GiB, an integer as vLLM wants): room for `sequences` full-length sequences,
     at least 1, at most a quarter of the free RAM (never the 90% vLLM reserves when unset)."""

@@ -167,35 +167,73 @@ def test_vl_stream_events_and_stats(server):
     assert len(chunks) <= len(st.itl_s) <= st.output_tokens + 1 and all(g >= 0 for g in st.itl_s)
 
 
-def test_vl_greedy_matches_transformers(server, artifact):
-    """vLLM's greedy tokens for an image prompt equal those of transformers on the same artifact."""
+# Agreement with transformers, per CPU path (serve.args.cpu_agreement says which path is exact). Where it is not,
+# every served token must still be transformers' argmax within MARGIN nats under teacher forcing (a near-tie that
+# summation order can flip) and vLLM's logprob of it within LOGPROB_TOL of transformers'. Measured on an AMX CPU
+# (2026-12-03, tiny-vl, 12 tokens): margin <= 0.0085 and |dlogprob| <= 0.0121 on every path (bf16: margin 0),
+# where this random model's top-1 leads its second token by 0.004-0.13 and its median token by ~1.1 nats.
+MARGIN = {"bf16": 0.03, "w4a16": 0.03, "w4a8": 0.1}
+LOGPROB_TOL = {"bf16": 0.03, "w4a16": 0.03, "w4a8": 0.1}
+PROMPT = "Describe the picture."
+
+
+def agreement(srv, model, proc, img, n: int = 12) -> dict:
+    """vLLM's greedy tokens and logprobs for an image prompt, against transformers teacher-forced on the same
+    tokens, and transformers' own greedy tokens."""
     import torch
     from openai import OpenAI
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from serve.client import user_message
 
-    srv = server("tiny-vl")
-    path, n = artifact("tiny-vl"), 12
-    img = Image.new("RGB", (96, 64), (220, 30, 30))
-    msg = user_message("Describe the picture.", [img])
     r = OpenAI(base_url=srv.base_url, api_key=srv.api_key or "EMPTY", max_retries=0).chat.completions.create(
-        model=srv.model, messages=[msg], max_tokens=n, temperature=0.0, logprobs=True,
+        model=srv.model, messages=[user_message(PROMPT, [img])], max_tokens=n, temperature=0.0, logprobs=True,
         extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
-    served = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
-
-    proc = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16)
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                  {"type": "text", "text": "Describe the picture."}]}],
+    content = r.choices[0].logprobs.content
+    served = [int(t.token.split(":", 1)[1]) for t in content]
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
                                     add_generation_prompt=True)
     inputs = proc(text=[text], images=[img], return_tensors="pt")
-    assert r.usage.prompt_tokens == inputs["input_ids"].shape[1]  # same prompt, image tokens included
+    plen = inputs["input_ids"].shape[1]
+    assert r.usage.prompt_tokens == plen  # same prompt, image tokens included
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
-    ref = out[0, inputs["input_ids"].shape[1]:].tolist()
-    assert served == ref
+        ref = model.generate(**inputs, max_new_tokens=n, do_sample=False)[0, plen:].tolist()
+        # per-token inputs (ids, mask, the processor's token-type ids) grow by the served tokens: text tokens
+        extra = torch.tensor([served])
+        forced = {k: (torch.cat([v, extra if k == "input_ids" else torch.full_like(extra, int(k == "attention_mask"),
+                                                                                 dtype=v.dtype)], dim=1)
+                      if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == plen else v)
+                  for k, v in inputs.items()}
+        lp = torch.log_softmax(model(**forced).logits[0, plen - 1:-1].float(), dim=-1)
+    got = lp[torch.arange(n), torch.tensor(served)]
+    return {"served": served, "reference": ref,
+            "margin": (lp.max(dim=-1).values - got).tolist(),  # 0 where the served token is transformers' argmax
+            "logprob_diff": [abs(t.logprob - float(g)) for t, g in zip(content, got)]}
+
+
+def assert_agrees(a: dict, path: str, hw) -> None:
+    from serve.args import cpu_agreement
+
+    exact, why = cpu_agreement(hw, None if path == "bf16" else path)
+    print(f"[agreement {path}] exact={exact} equal={a['served'] == a['reference']} "
+          f"max margin {max(a['margin']):.4f} max |dlogprob| {max(a['logprob_diff']):.4f} ({why})")
+    if exact:
+        assert a["served"] == a["reference"]
+    assert max(a["margin"]) <= MARGIN[path], a
+    assert max(a["logprob_diff"]) <= LOGPROB_TOL[path], a
+
+
+def test_vl_greedy_agrees_with_transformers(server, artifact):
+    """vLLM's greedy tokens for an image prompt: equal to transformers' where the path is exact, else transformers'
+    argmax within a near-tie margin, with logprobs that agree."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    srv = server("tiny-vl")
+    path = artifact("tiny-vl")
+    proc = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16)
+    assert_agrees(agreement(srv, model, proc, Image.new("RGB", (96, 64), (220, 30, 30))), "bf16", detect())
 
 
 def test_chat_cli_against_server(server, tmp_path):
@@ -370,36 +408,32 @@ def test_w4a16_formats(fmt, artifact, server):
         assert not vllm_procs_for(str(path))
 
 
+@pytest.mark.parametrize("path", ["w4a16", "w4a8"])
 @pytest.mark.parametrize("fmt", ["gptq", "awq", "autoround"])
-def test_w4a16_greedy_matches_transformers(fmt, artifact, server):
-    """On vLLM's bf16-math int4 path (`--cpu-int4 w4a16` on CPU), greedy tokens for an image prompt equal those of
-    transformers on the same artifact (reloaded the way quantize verifies it: AutoRound's kernels for GPTQ and
-    AutoRound, the packed AWQ weights dequantized for AWQ)."""
+def test_w4a16_greedy_agrees_with_transformers(fmt, path, artifact, server):
+    """Each CPU int4 path (`--cpu-int4 w4a16|w4a8`), greedy tokens for an image prompt against transformers on the
+    same artifact (reloaded the way quantize verifies it: AutoRound's kernels for GPTQ and AutoRound, the packed AWQ
+    weights dequantized for AWQ): equal where serve.args.cpu_agreement says the path is exact, else within that
+    path's margin. AutoRound checkpoints run AutoRound's own kernel whatever --cpu-int4 says: one path."""
     if not W4_OK:
         pytest.skip(f"this machine's vLLM cannot serve W4A16: {W4_WHY}")
-    import torch
-    from openai import OpenAI
+    if detect().has_gpu:
+        pytest.skip("GPU: --cpu-int4 does not apply")
+    if fmt == "autoround" and path == "w4a8":
+        pytest.skip("AutoRound checkpoints run AutoRound's own CPU kernel: --cpu-int4 does not apply")
     from PIL import Image
     from transformers import AutoProcessor
 
     from quantize.verify import load_export
-    from serve.client import user_message
 
-    alias, n = f"tiny-vl-{fmt}", 12
-    path = artifact(alias)
-    srv = server(alias, **({} if detect().has_gpu else {"cpu_int4": "w4a16"}))
-    img = Image.new("RGB", (96, 64), (220, 30, 30))
-    r = OpenAI(base_url=srv.base_url, api_key=srv.api_key or "EMPTY", max_retries=0).chat.completions.create(
-        model=srv.model, messages=[user_message("Describe the picture.", [img])], max_tokens=n, temperature=0.0,
-        logprobs=True, extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
-    served = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
+    from serve.args import cpu_int4, model_info
 
-    proc = AutoProcessor.from_pretrained(path)
-    model, _ = load_export(path, fmt, "vl", "cpu", base_dir=artifact("tiny-vl"))
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                  {"type": "text", "text": "Describe the picture."}]}],
-                                    add_generation_prompt=True)
-    inputs = proc(text=[text], images=[img], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
-    assert served == out[0, inputs["input_ids"].shape[1]:].tolist()
+    alias = f"tiny-vl-{fmt}"
+    artifact(alias)
+    auto = cpu_int4(model_info(catalog.resolve(alias)), detect())
+    # the default server (test_w4a16_formats') where serve's own choice is this path, or AutoRound's single one
+    srv = server(alias) if fmt == "autoround" or path == auto else server(alias, cpu_int4=path)
+    proc = AutoProcessor.from_pretrained(artifact(alias))
+    model, _ = load_export(artifact(alias), fmt, "vl", "cpu", base_dir=artifact("tiny-vl"))
+    a = agreement(srv, model, proc, Image.new("RGB", (96, 64), (220, 30, 30)))
+    assert_agrees(a, "w4a16" if fmt == "autoround" else path, detect())

@@ -10,8 +10,8 @@ import pytest
 from core import catalog
 from core.errors import UserError
 from core.hardware import Gpu, Hardware
-from serve.args import (MASK, ModelInfo, ServeOptions, cpu_int4, info_from_config, is_loopback, kv_cache_gib,
-                        model_info, read_config, shown_command, vllm_command)
+from serve.args import (MASK, ModelInfo, ServeOptions, cpu_agreement, cpu_int4, cpu_int4_line, info_from_config,
+                        is_loopback, kv_cache_gib, model_info, read_config, shown_command, vllm_command)
 
 CPU_AVX2 = Hardware("AMD EPYC", 2, ("avx2",), 23.5, 20.0, ())
 CPU_AVX512 = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw"), 23.5, 20.0, ())
@@ -149,6 +149,29 @@ def test_cpu_int4_path(hw, requested, path):
     assert env.get("VLLM_CPU_INT4_W4A8") == {"w4a8": "1", "w4a16": "0", None: None}[path]
     _, env16 = vllm_command(info("vl", "bf16"), hw, ServeOptions(python="py", cpu_int4=requested))
     assert "QWEN_W4_CPU_INT4" not in env16 and "VLLM_CPU_INT4_W4A8" not in env16
+
+
+@pytest.mark.parametrize("hw,path,exact", [
+    (CPU_AVX2, None, True), (CPU_AVX512, None, True), (CPU_AVX512, "w4a16", True), (CPU_AVX512, "w4a8", False),
+    (CPU_AMX, None, False), (CPU_AMX, "w4a16", False), (CPU_AMX, "w4a8", False), (GPU1, None, False)])
+def test_cpu_agreement_per_path(hw, path, exact):
+    """Bit-exact greedy agreement with transformers only where vLLM's CPU GEMMs do bf16 math without AMX tiles."""
+    got, why = cpu_agreement(hw, path)
+    assert got is exact and why
+    if hw is CPU_AMX:
+        assert ("AMX" in why) != (path == "w4a8") and ("int8" in why) == (path == "w4a8")
+
+
+def test_cpu_int4_line_names_kernel_choice_and_exactness():
+    amx = cpu_int4_line(info("vl", "gptq"), CPU_AMX)
+    assert amx.startswith("cpu int4: w4a8 (int4_scaled_mm_cpu") and "AMX tiles" in amx and "vLLM's own choice" in amx
+    assert "not bit-exact" in amx
+    exact = cpu_int4_line(info("vl", "gptq"), CPU_AVX512, "w4a16")
+    assert "cpu_gemm_wna16" in exact and "--cpu-int4 w4a16" in exact and "tokens equal transformers" in exact
+    assert "serve's choice" in cpu_int4_line(info("vl", "awq"), CPU_AVX512)
+    assert "AutoRound's own CPU kernel" in cpu_int4_line(info("vl", "autoround"), CPU_AMX, "w4a8")
+    assert cpu_int4_line(info("vl", "bf16"), CPU_AMX) is None and cpu_int4_line(info("vl", "gptq"), GPU1) is None
+    assert "\n" not in amx
 
 
 def test_cpu_int4_unknown_path():
