@@ -7,7 +7,9 @@ Rules (each with a one-line reason that serve prints and doctor shows):
   has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit request
   `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine); for Qwen3-VL only a
   variant with its vision projector (`mmproj-*.gguf`), which llama.cpp's mtmd runs;
-- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, llama-cpp-python not installed);
+- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, llama-cpp-python not installed). On AMX CPUs that is
+  measured, not assumed (reports/cpu-2026-12-03-amx, bench-text, 1 thread): vLLM W4A8 on AMX tiles 25.8 tok/s at
+  batch 1 and 72.0 at 4 users vs llama.cpp Q4_K_M 23.3 / 19.2; 16-bit vLLM 10.6 / 37.1 vs llama.cpp BF16 10.5 / 9.1;
 - an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp without a GGUF variant, vllm for
   a .gguf).
 """
@@ -113,7 +115,8 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
     if hw.has_gpu:
         return Choice("vllm", "GPU: vLLM (Marlin/Machete W4A16 kernels)")
     if hw.flag("amx_tile") and hw.w4a16_serving[0]:
-        return Choice("vllm", "CPU with AMX: vLLM's int4 path runs on AMX tiles")
+        return Choice("vllm", "CPU with AMX: vLLM's W4A8 path runs on AMX tiles, measured faster than llama.cpp's "
+                              "Q4_K_M here (and it batches concurrent users)")
     why = _cpu_why(hw)
     if gguf is not None and ok:
         return Choice("llamacpp", f"{why}; llama.cpp serves the GGUF variant {gguf.name} instead "
