@@ -44,14 +44,12 @@ from bench import roofline
 from bench.engines import VariantFailed, one_line
 from bench.engines.transformers_engine import TransformersEngine
 from bench.runner import Runner, Settings, environment
-from core import tiny
+from core import shapes, tiny
 from core.errors import UserError
 
-# The language model of Qwen/Qwen3-VL-8B-Instruct (config.json `text_config`; tie_word_embeddings false). Its
-# M-RoPE (sections 24/20/20, theta 5e6) gives a text-only token the same position on all three axes: plain RoPE.
-QWEN3_VL_8B_TEXT = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                        num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=5_000_000.0,
-                        rms_norm_eps=1e-6, max_position_embeddings=262144, tie_word_embeddings=False)
+# The language model of Qwen/Qwen3-VL-8B-Instruct (config.json `text_config`; tie_word_embeddings false), from
+# core/shapes.py. Its M-RoPE gives a text-only token the same position on all three axes: plain RoPE.
+QWEN3_VL_8B_TEXT = shapes.QWEN3_VL_8B_TEXT
 SHAPES = {
     "8b": QWEN3_VL_8B_TEXT,
     "small": {**QWEN3_VL_8B_TEXT, **tiny.TEXT_SHAPE, "vocab_size": tiny.VOCAB, "max_position_embeddings": 32768},
@@ -347,9 +345,9 @@ def findings(report: dict) -> str:
     g = report.get("gpu_check") or {}
     m = g.get("machine") or {}
     q = g.get("quantize") or {}
-    L = [f"GPU check, shape **{g.get('shape')}** ({(g.get('params') or 0) / 1e9:.3g} B params, random bf16 "
-         f"weights built on {g.get('device')} in {_f(g.get('build_s'), 1)} s); one fixed prompt of "
-         f"{INPUT_LEN} tokens, {OUTPUT_LEN} new tokens forced, batch {' and '.join(map(str, CONCURRENCY))}.", ""]
+    L = [(f"GPU check, shape **{g.get('shape')}** ({(g.get('params') or 0) / 1e9:.3g} B params, random bf16 "
+          f"weights built on {g.get('device')} in {_f(g.get('build_s'), 1)} s); one fixed prompt of "
+          f"{INPUT_LEN} tokens, {OUTPUT_LEN} new tokens forced, batch {' and '.join(map(str, CONCURRENCY))}."), ""]
     L.append(f"- machine: {m.get('device_name')} ({_f(m.get('device_memory_gib'), 0)} GiB), torch {m.get('torch')} "
              f"(CUDA {m.get('cuda') or '–'}), transformers {m.get('transformers')}, auto-round {m.get('auto-round')}, "
              f"humming-kernels {m.get('humming-kernels') or '–'}, triton {m.get('triton') or '–'}")
@@ -365,8 +363,8 @@ def findings(report: dict) -> str:
         e = v.get("engine") or {}
         mem = v.get("memory") or {}
         peak = mem.get("device_peak_bytes") if g.get("device") == "cuda" else mem.get("rss_peak_bytes")
-        bits = [f"peak {'VRAM (torch.cuda.max_memory_allocated)' if g.get('device') == 'cuda' else 'RSS'} "
-                f"{_gb(peak)} GB", f"weights {_gb((v.get('disk') or {}).get('weights_bytes'))} GB",
+        bits = [(f"peak {'VRAM (torch.cuda.max_memory_allocated)' if g.get('device') == 'cuda' else 'RSS'} "
+                 f"{_gb(peak)} GB"), f"weights {_gb((v.get('disk') or {}).get('weights_bytes'))} GB",
                 f"kernel {e.get('linear_kernel')}", f"compile {e.get('compile')}"]
         for k in ("compile_mode", "compiled_call_made", "compile_note", "compile_forced_past_quantizer",
                   "opaque_linears", "load_s"):
@@ -378,15 +376,16 @@ def findings(report: dict) -> str:
         L.append(f"- {v['alias']} ({v.get('status')}): " + "; ".join(bits))
     for s in g.get("skipped") or []:
         L.append(f"- **skipped: {s}**")
-    L += ["", "| variant | batch | decode tok/s per stream | output tok/s | prefill ms (TTFT) | weights read per step GB "
-              "| limit tok/s | % of limit | decode x bf16 | prefill x bf16 |", "|" + "---|" * 10]
+    L += ["", ("| variant | batch | decode tok/s per stream | output tok/s | prefill ms (TTFT) | "
+               "weights read per step GB | limit tok/s | % of limit | decode x bf16 | prefill x bf16 |"),
+          "|" + "---|" * 10]
     for r in level_rows(report):
         L.append(f"| {r['variant']} | {r['batch']} | {_f(r['decode_tok_s'])} | {_f(r['output_tok_s'])} | "
                  f"{_f(r['prefill_ms'], 0)} | {_gb(r['bytes_per_step'])} | {_f(r['limit_tok_s'])} | "
                  f"{_f(r['pct_of_limit'], 0)}% | {_f(r['decode_x_bf16'], 2)} | {_f(r['prefill_x_bf16'], 2)} |")
-    L += ["", "limit tok/s = copy bandwidth / weight bytes read per decode step (the step reads every decoder weight "
-              "and the LM head once at any batch size); % of limit = decode tok/s per stream / limit. "
-              f"Stages (s from start): {', '.join(f'{k} {v:.0f}' for k, v in (g.get('stages') or {}).items())}."]
+    L += ["", ("limit tok/s = copy bandwidth / weight bytes read per decode step (the step reads every decoder weight "
+               "and the LM head once at any batch size); % of limit = decode tok/s per stream / limit. "
+               f"Stages (s from start): {', '.join(f'{k} {v:.0f}' for k, v in (g.get('stages') or {}).items())}.")]
     return "\n".join(L)
 
 
@@ -481,7 +480,8 @@ def main(args, argv: list[str]) -> int:
                       "prompt_tokens": len(prompt), "machine": machine_facts(device), "stages": stages,
                       "skipped": []},
     }
-    eng = dict(compile=args.compile, threads=args.threads, deadline=deadline, budget_s=budget, clock={"level_s": 0.0})
+    eng = {"compile": args.compile, "threads": args.threads, "deadline": deadline, "budget_s": budget,
+           "clock": {"level_s": 0.0}}
     rec = measure(runner, ALIASES[0], None, CheckEngine(ALIASES[0], None, prompt, model=model, tokenizer=tok, **eng))
     rec["weights"] = model_weights(model)
     rec["disk"] = {"weights_bytes": sum(rec["weights"]["bytes_by_group"].values()), "folder_bytes": None,

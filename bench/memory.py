@@ -6,10 +6,13 @@ import re
 import shutil
 import subprocess
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _VLLM_WEIGHTS = re.compile(r"Model loading took ([0-9.]+) ?GiB")
@@ -73,7 +76,7 @@ def gpu_used_bytes() -> list[int] | None:
         return None
     try:
         out = subprocess.run([exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+                             check=False, capture_output=True, text=True, timeout=10).stdout
         return [int(float(x)) * 2**20 for x in out.split()]
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
@@ -103,7 +106,7 @@ class PeakSampler:
             self.samples += 1
         return v
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> Self:
         self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True, name="bench-memory")
         self._thread.start()
@@ -121,7 +124,3 @@ class PeakSampler:
 
     def as_dict(self) -> dict:
         return {"first_bytes": self.first, "peak_bytes": self.peak, "last_bytes": self.last, "samples": self.samples}
-
-
-def wait_quiet(seconds: float) -> None:
-    time.sleep(seconds)

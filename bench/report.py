@@ -7,6 +7,7 @@ so a report can be re-rendered, and checked, from report.json alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,7 +17,6 @@ from bench.metrics import ratio
 from bench.roofline import roofline
 
 GB = 1e9
-GIB = 2**30
 
 
 # ---------------------------------------------------------------- derived numbers
@@ -31,11 +31,6 @@ def baseline_of(report: dict) -> str | None:
 
 def run_of(v: dict, scenario: str, c: int | str) -> dict | None:
     return (v.get("runs") or {}).get(scenario, {}).get(str(c))
-
-
-def bs1_decode_tok_s(v: dict, scenario: str = "text") -> float | None:
-    r = run_of(v, scenario, 1)
-    return r.get("decode_tok_s_per_stream") if r else None
 
 
 def bandwidth_for(report: dict, v: dict) -> float | None:
@@ -103,7 +98,7 @@ def derive(report: dict) -> dict:
 def _f(x, nd: int = 1, unit: str = "") -> str:
     if x is None:
         return "–"
-    if isinstance(x, float) and x != x:  # NaN
+    if isinstance(x, float) and math.isnan(x):
         return "–"
     return f"{x:,.{nd}f}{unit}"
 
@@ -208,8 +203,8 @@ def render_md(report: dict) -> str:
                              _f(r["p99_tpot_ms"]), _f(r["mean_itl_ms"]), _f(r["median_itl_ms"]), _f(r["p99_itl_ms"]),
                              r["total_output_tokens"]])
         L += _table(head, rows)
-        L += ["", "Times in ms. TTFT, TPOT, ITL as `vllm bench serve` defines them; out tok/s = output tokens / "
-                  "wall time of the level."]
+        L += ["", ("Times in ms. TTFT, TPOT, ITL as `vllm bench serve` defines them; out tok/s = output tokens / "
+                   "wall time of the level.")]
         early = [(v["alias"], c, r["ended_early"], r["completed"]) for v in vs
                  for c, r in sorted(v["runs"][scen].items(), key=lambda kv: int(kv[0])) if r.get("ended_early")]
         if early:
@@ -231,15 +226,15 @@ def render_md(report: dict) -> str:
                      _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes"))])
     L += _table(head, rows)
     if hw.get("gpus"):
-        L += ["", "device peak = the GPU's used memory (nvidia-smi, every process on it) for vLLM, or torch's peak "
-                  "allocation for the transformers engine; vLLM reserves its KV cache up front "
-                  "(--gpu-memory-utilization), so its weights memory is the logged figure.", ""]
+        L += ["", ("device peak = the GPU's used memory (nvidia-smi, every process on it) for vLLM, or torch's peak "
+                   "allocation for the transformers engine; vLLM reserves its KV cache up front "
+                   "(--gpu-memory-utilization), so its weights memory is the logged figure."), ""]
     elif s.get("engine") == "transformers":
-        L += ["", "RSS = resident memory of the bench process itself (the model runs in it; earlier variants' "
-                  "freed memory may still count); weights in memory = the loaded model's parameters and buffers.", ""]
+        L += ["", ("RSS = resident memory of the bench process itself (the model runs in it; earlier variants' "
+                   "freed memory may still count); weights in memory = the loaded model's parameters and buffers."), ""]
     else:
-        L += ["", "RSS = resident memory of the whole serving process tree (API server + engine workers), "
-                  "sampled every 0.25 s.", ""]
+        L += ["", ("RSS = resident memory of the whole serving process tree (API server + engine workers), "
+                   "sampled every 0.25 s."), ""]
     # roofline
     bw = report.get("bandwidth") or {}
     L += ["## Roofline (batch-1 decode)", ""]
@@ -265,8 +260,8 @@ def render_md(report: dict) -> str:
     L += _table(head, rows)
     over = [r["alias"] for r in d["rows"] if ((r.get("roofline") or {}).get("pct_of_limit") or 0) > 100]
     if over:
-        L += ["", f"Above 100%: {', '.join(over)} — weights this small stay in the CPU caches, so memory bandwidth "
-                  "does not bound them (a model of real size is the test of the limit)."]
+        L += ["", (f"Above 100%: {', '.join(over)} — weights this small stay in the CPU caches, so memory bandwidth "
+                   "does not bound them (a model of real size is the test of the limit).")]
     L.append("")
     # quality
     q = report.get("quality") or {}

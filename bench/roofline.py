@@ -205,20 +205,20 @@ def combine_bandwidth(before: dict, after: dict) -> dict:
 
 # ---------------------------------------------------------------- arithmetic
 
-def limit_tok_s(bytes_per_token: int | float | None, bandwidth_gb_s: float | None) -> float | None:
+def limit_tok_s(bytes_per_token: float | None, bandwidth_gb_s: float | None) -> float | None:
     """Batch-1 decode ceiling: a token cannot come faster than its weights can be read."""
     if not bytes_per_token or not bandwidth_gb_s:
         return None
     return bandwidth_gb_s * 1e9 / bytes_per_token
 
 
-def achieved_gb_s(bytes_per_token: int | float | None, tok_s: float | None) -> float | None:
+def achieved_gb_s(bytes_per_token: float | None, tok_s: float | None) -> float | None:
     if not bytes_per_token or tok_s is None:
         return None
     return bytes_per_token * tok_s / 1e9
 
 
-def roofline(bytes_per_token: int | float | None, tok_s: float | None, bandwidth_gb_s: float | None) -> dict:
+def roofline(bytes_per_token: float | None, tok_s: float | None, bandwidth_gb_s: float | None) -> dict:
     """gpt-fast style: bytes/token, achieved GB/s, the limit and the % of it reached."""
     lim = limit_tok_s(bytes_per_token, bandwidth_gb_s)
     ach = achieved_gb_s(bytes_per_token, tok_s)

@@ -59,7 +59,7 @@ class Settings:
 
 def git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        r = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
                            cwd=Path(__file__).resolve().parent)
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -237,7 +237,7 @@ class Runner:
         (and no GPU memory) while vLLM sizes its KV cache from the free memory."""
         code = "import json; from bench.roofline import measure_bandwidth; print(json.dumps(measure_bandwidth('cuda')))"
         try:
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+            r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
                                cwd=Path(__file__).resolve().parent.parent)
             return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):

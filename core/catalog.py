@@ -86,6 +86,11 @@ FAMILIES: dict[str, Family] = {
                note="tiny local Qwen3-VL (random weights)"),
         Family("bench-text", "bench-text", "text", TEXT_ARCH, None, max_model_len=2048,
                note="memory-bound benchmark model (Qwen3-0.6B shape, random weights)"),
+        # the seed's models at their real shapes (core/shapes.py), random weights, written shard by shard
+        Family("shape-text", "shape-text", "text", TEXT_ARCH, None, max_model_len=4096,
+               note="Qwen3-4B-Instruct-2507 shape, random weights (8.0 GB bf16)"),
+        Family("shape-vl", "shape-vl", "vl", VL_ARCH, None, max_model_len=4096,
+               note="Qwen3-VL-8B-Instruct shape, random weights (17.5 GB bf16)"),
     )
 }
 
@@ -103,7 +108,7 @@ class Variant:
         return self.family.published.get(self.format.name)
 
     @property
-    def base(self) -> "Variant":
+    def base(self) -> Variant:
         return variant(self.family.base_alias)
 
     @property

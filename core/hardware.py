@@ -111,7 +111,7 @@ def _gpus() -> tuple[Gpu, ...]:
         return ()
     try:
         out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+                             capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     gpus = []

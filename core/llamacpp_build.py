@@ -43,7 +43,7 @@ def check_runs(gguf_file: str | Path, python: str | None = None, *, argv: list[s
     the build has no AMX backend (nothing to ask then). `argv` replaces the child's command (tests)."""
     cmd = argv or probe_argv(gguf_file, python)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise UserError(f"llama.cpp did not run a short prompt through {Path(gguf_file).name} within {timeout_s:.0f} s",
                         "check the file and free memory, or re-run with --debug") from None

@@ -5,7 +5,9 @@
 - `tiny-text`: Qwen3ForCausalLM (hidden 256), briefly trained on chat-formatted local text so that
   quantization error is measurable and answers end with <|im_end|>;
 - `tiny-vl`: Qwen3VLForConditionalGeneration with a real Qwen3VLProcessor (random weights);
-- `bench-text`: the Qwen3-0.6B shape with random weights, memory-bound on a CPU, for benchmarks.
+- `bench-text`: the Qwen3-0.6B shape with random weights, memory-bound on a CPU, for benchmarks;
+- `shape-text` / `shape-vl`: the exact Qwen3-4B-Instruct-2507 / Qwen3-VL-8B-Instruct shapes (core/shapes.py),
+  random weights written shard by shard (8.0 / 17.5 GB of disk, ~64 MB of RAM), this tokenizer and processor.
 
 Every folder is what `from_pretrained` / vLLM would load from the Hub. Quantized linears keep in/out
 features multiples of 128 (4-bit kernel tiles, group size 128).
@@ -46,14 +48,14 @@ CHAT_TEMPLATE = (
 )
 VOCAB = 4096  # tokenizer size; the models' vocab_size (embedding rows) equals it (a multiple of 128)
 
-TEXT_SHAPE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=64)
-BENCH_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                   num_key_value_heads=8, head_dim=128)  # Qwen3-0.6B
-VISION_SHAPE = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, patch_size=16,
-                    spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[1],
-                    num_position_embeddings=2304)
-IMAGE_PIXELS = dict(min_pixels=32 * 32, max_pixels=256 * 256)  # at most 64 image tokens per image
+TEXT_SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 64}
+BENCH_SHAPE = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+               "num_key_value_heads": 8, "head_dim": 128}  # Qwen3-0.6B
+VISION_SHAPE = {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2, "patch_size": 16,
+                "spatial_merge_size": 2, "temporal_patch_size": 2, "deepstack_visual_indexes": [1],
+                "num_position_embeddings": 2304}
+IMAGE_PIXELS = {"min_pixels": 32 * 32, "max_pixels": 256 * 256}  # at most 64 image tokens per image
 TRAIN_STEPS = int(os.environ.get("QWEN_W4_TINY_TRAIN_STEPS", "150"))  # ~40 s on 2 idle cores
 SEED = 1234
 
@@ -136,8 +138,9 @@ def build_processor(tokenizer):
 
 def _ids(tokenizer) -> dict:
     t = tokenizer.convert_tokens_to_ids
-    return dict(eos=t("<|im_end|>"), pad=t("<|endoftext|>"), image=t("<|image_pad|>"), video=t("<|video_pad|>"),
-                vstart=t("<|vision_start|>"), vend=t("<|vision_end|>"), endoftext=t("<|endoftext|>"))
+    return {"eos": t("<|im_end|>"), "pad": t("<|endoftext|>"), "image": t("<|image_pad|>"),
+            "video": t("<|video_pad|>"), "vstart": t("<|vision_start|>"), "vend": t("<|vision_end|>"),
+            "endoftext": t("<|endoftext|>")}
 
 
 def text_config(tokenizer, shape: dict):
@@ -221,7 +224,7 @@ def _save_common(out: Path, tokenizer, meta: dict) -> None:
 
 
 def build(alias: str, out: Path) -> Path:
-    """Build `alias` (tiny-text, tiny-vl or bench-text) into folder `out` (written atomically)."""
+    """Build `alias` (a key of BUILDERS) into folder `out` (written atomically)."""
     import torch
 
     if alias not in BUILDERS:
@@ -284,14 +287,45 @@ def _build_bench(out: Path, tokenizer, docs) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "training": None}
 
 
-BUILDERS = {"tiny-text": _build_text, "tiny-vl": _build_vl, "bench-text": _build_bench}
+def _build_shape(out: Path, tokenizer, vl: bool) -> dict:
+    """A real-shape family (core/shapes.py): the published config with this tokenizer's special ids (its vocab is
+    small; the embedding keeps all 151936 rows), random bf16 weights written shard by shard (~64 MB in RAM)."""
+    import shutil
+
+    from core import shapes
+    from core.errors import UserError
+
+    ids = _ids(tokenizer)
+    sid = {"bos": ids["endoftext"], "eos": ids["eos"], "pad": ids["pad"], "vision_start": ids["vstart"],
+           "vision_end": ids["vend"], "image": ids["image"], "video": ids["video"]}
+    shape = "qwen3-vl-8b-instruct" if vl else "qwen3-4b-instruct-2507"
+    need = shapes.checkpoint_bytes(shapes.config_dict(shape))
+    free = shutil.disk_usage(out).free
+    if free < need + 2**30:
+        raise UserError(f"building the {shape} shape needs {need / 1e9:.1f} GB of disk, {free / 1e9:.1f} GB free "
+                        f"under {out.parent}", "free disk space or point QWEN_W4_HOME at a larger disk")
+    config = shapes.vl_config(ids=sid) if vl else shapes.text_config(ids=sid)
+    head = "model.embed_tokens.weight" if getattr(config, "tie_word_embeddings", False) else "lm_head.weight"
+    _log(f"writing {shape} ({need / 1e9:.1f} GB bf16, random weights) shard by shard")
+    res = shapes.write_checkpoint(config, out, zero_rows={head: sorted(set(ids.values()))}, log=_log)
+    if vl:
+        processor = build_processor(tokenizer)
+        processor.save_pretrained(out)
+        processor.image_processor.save_pretrained(out)
+    return {"params": res["params"], "shape": shape, "shards": len(res["files"]), "bytes": res["total_size"],
+            "training": None}
+
+
+BUILDERS = {"tiny-text": _build_text, "tiny-vl": _build_vl, "bench-text": _build_bench,
+            "shape-text": lambda out, tok, docs: _build_shape(out, tok, vl=False),
+            "shape-vl": lambda out, tok, docs: _build_shape(out, tok, vl=True)}
 
 
 def ensure(alias: str) -> Path:
     """The local folder of a tiny base model, built on first use and cached under the artifact root."""
-    from core.catalog import artifact_root
-
     import fcntl
+
+    from core.catalog import artifact_root
 
     out = artifact_root() / alias
     if (out / "config.json").is_file():

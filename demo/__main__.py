@@ -19,8 +19,8 @@ from contextlib import ExitStack
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from core.cli import add_common  # noqa: E402
-from core.errors import UserError, run_cli  # noqa: E402
+from core.cli import add_common
+from core.errors import UserError, run_cli
 
 BASE = "\0base"  # --compare without a value: the 16-bit base of --model
 GPU_SHARE = 0.42  # GPU memory fraction per server when the demo starts two on one GPU

@@ -14,14 +14,18 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
 from demo.examples.make_examples import paths as example_paths
 from serve.args import ServeOptions
 from serve.client import ChatStats, image_part, stream_chat
+
+if TYPE_CHECKING:
+    import gradio as gr  # annotations only; imported where the page is built
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -185,7 +189,7 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Blocks":
+def build_app(targets: list[Target], settings: Settings | None = None) -> gr.Blocks:
     import gradio as gr  # imported here: checks and errors before the page need not wait for it
 
     settings = settings or Settings()
@@ -238,8 +242,8 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
                 return (box_update, status_html, hist_now, *chats_now)
 
             if not text and not files:
-                yield frame(keep_box, _status_html(["error: the message is empty — type a question, "
-                                                    "attach an image, or both"]), chat_values, hist)
+                yield frame(keep_box, _status_html([("error: the message is empty — type a question, "
+                                                     "attach an image, or both")]), chat_values, hist)
                 return
             parts, ok_files, errors = load_images(files, settings)
             if errors:  # nothing is sent; the good files and the text stay in the box
@@ -249,8 +253,8 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
                 return
             refused = [t.label for t in targets if parts and not t.accepts_images]
             if refused:
-                yield frame(keep_box, _status_html([f"error: {', '.join(refused)} is a text-only model — "
-                                                    "send text only, or start the demo with a VL model"]),
+                yield frame(keep_box, _status_html([(f"error: {', '.join(refused)} is a text-only model — "
+                                                     "send text only, or start the demo with a VL model")]),
                             chat_values, hist)
                 return
             question = text or DEFAULT_QUESTION
@@ -331,7 +335,7 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> "gr.Bl
     return app
 
 
-def launch(app: "gr.Blocks", *, host: str = "127.0.0.1", port: int = 7860, auth=None, share: bool = False,
+def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, auth=None, share: bool = False,
            debug: bool = False, max_file_mb: float = 40, block: bool = False) -> str:
     """Serve the page (headless, no browser opened); returns its local URL."""
     app.queue(default_concurrency_limit=4)

@@ -10,7 +10,6 @@ says why; the W4A16 artifacts are still made, linted and verified in step 2.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

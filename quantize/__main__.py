@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from core import catalog
 from core.cli import add_common
 from core.errors import run_cli
-
 from quantize import recipes
 
 

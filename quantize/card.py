@@ -40,11 +40,11 @@ def render(report: dict) -> str:
         "tags:",
         _yaml_list(tags),
         "quantization:",
-        f"  method: AutoRound",
-        f"  scheme: W4A16",
-        f"  bits: 4",
-        f"  group_size: 128",
-        f"  sym: true",
+        "  method: AutoRound",
+        "  scheme: W4A16",
+        "  bits: 4",
+        "  group_size: 128",
+        "  sym: true",
         f"  format: {fmt}",
         f"  quant_method: {json.dumps(report['quant_method'])}",
         f"  recipe: {json.dumps(rec['name'])}",
@@ -61,25 +61,25 @@ def render(report: dict) -> str:
     body = [
         f"# {alias}",
         "",
-        f"`{base['id']}` quantized to **W4A16** (4-bit symmetric int weights, group size 128, 16-bit activations) "
-        f"with [Intel AutoRound](https://github.com/intel/auto-round) {lib.get('auto-round', '')}, "
-        f"exported in the **{fmt}** format (`quant_method: {report['quant_method']}`).",
+        (f"`{base['id']}` quantized to **W4A16** (4-bit symmetric int weights, group size 128, 16-bit activations) "
+         f"with [Intel AutoRound](https://github.com/intel/auto-round) {lib.get('auto-round', '')}, "
+         f"exported in the **{fmt}** format (`quant_method: {report['quant_method']}`)."),
         "",
         "## Recipe",
         "",
-        f"| recipe | iters | nsamples | seqlen | batch size | lr | device |",
-        f"|---|---|---|---|---|---|---|",
-        f"| {rec['name']} | {rec['iters']} | {rec['nsamples']} | {rec['seqlen']} | {rec['batch_size']} | "
-        f"{rec.get('lr') or 'auto'} | {report.get('device', 'cpu')} |",
+        "| recipe | iters | nsamples | seqlen | batch size | lr | device |",
+        "|---|---|---|---|---|---|---|",
+        (f"| {rec['name']} | {rec['iters']} | {rec['nsamples']} | {rec['seqlen']} | {rec['batch_size']} | "
+         f"{rec.get('lr') or 'auto'} | {report.get('device', 'cpu')} |"),
         "",
-        f"Calibration data: {cal['source']}; {cal['samples']} samples of {cal.get('tokens_per_sample')} tokens; "
-        f"sha256 `{cal.get('sha256') or 'n/a (downloaded by AutoRound)'}`.",
+        (f"Calibration data: {cal['source']}; {cal['samples']} samples of {cal.get('tokens_per_sample')} tokens; "
+         f"sha256 `{cal.get('sha256') or 'n/a (downloaded by AutoRound)'}`."),
         f"Tuning + export took {report['timings'].get('tune_and_export_s', '?')} s.",
         "",
         "## Layout",
         "",
-        f"{t['linears_4bit']} Linear modules of the language model's decoder layers are 4-bit; embeddings, norms, "
-        f"lm_head{', the vision tower and its mergers' if modality == 'vl' else ''} stay 16-bit.",
+        (f"{t['linears_4bit']} Linear modules of the language model's decoder layers are 4-bit; embeddings, norms, "
+         f"lm_head{', the vision tower and its mergers' if modality == 'vl' else ''} stay 16-bit."),
         "",
         "| precision | modules | count | params | bf16 | W4A16 |",
         "|---|---|---|---|---|---|",
@@ -89,19 +89,19 @@ def render(report: dict) -> str:
                     f"{g['params']:,} | {_mb(g['bytes_bf16'])} | {_mb(g['bytes_w4a16'])} |")
     body += [
         "",
-        f"Weights on disk: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit base "
-        f"(x{sizes['ratio']}).",
+        (f"Weights on disk: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit base "
+         f"(x{sizes['ratio']})."),
         "",
         "## Quality (verify)",
         "",
     ]
     if ver:
         body += [
-            f"Greedy next-token distributions on {ver['prompts']} held-out prompts"
-            f"{' (with an image)' if ver.get('with_image') else ''}, {ver['positions']} positions, compared with "
-            "the 16-bit base (KL divergence base || model, lower is better; top-1 agreement, higher is better). "
-            "`rtn` is plain round-to-nearest of the same weights on the same prompts: the gap is what AutoRound's "
-            "tuning bought.",
+            (f"Greedy next-token distributions on {ver['prompts']} held-out prompts"
+             f"{' (with an image)' if ver.get('with_image') else ''}, {ver['positions']} positions, compared with "
+             "the 16-bit base (KL divergence base || model, lower is better; top-1 agreement, higher is better). "
+             "`rtn` is plain round-to-nearest of the same weights on the same prompts: the gap is what AutoRound's "
+             "tuning bought."),
             "",
             "| model | KL mean | KL max | top-1 agreement | loaded with |",
             "|---|---|---|---|---|",
@@ -149,12 +149,12 @@ def render(report: dict) -> str:
         "```python",
         "from transformers import AutoRoundConfig, " +
         ("AutoModelForImageTextToText as Model" if modality == "vl" else "AutoModelForCausalLM as Model"),
-        f"model = Model.from_pretrained(\"{report.get('hub_id') or report['path']}\", "
-        "quantization_config=AutoRoundConfig(backend=\"auto\"))",
+        (f"model = Model.from_pretrained(\"{report.get('hub_id') or report['path']}\", "
+         "quantization_config=AutoRoundConfig(backend=\"auto\"))"),
         "```",
         "",
-        *(["On a CPU, transformers needs an AWQ kernel package (`gptqmodel` or `autoawq`) for this format; "
-           "vLLM reads it as is. This project's verify reads the packed AWQ weights directly.", ""]
+        *([("On a CPU, transformers needs an AWQ kernel package (`gptqmodel` or `autoawq`) for this format; "
+            "vLLM reads it as is. This project's verify reads the packed AWQ weights directly."), ""]
           if fmt == "awq" else []),
         f"Made with `{report['command']}`.",
         "",
@@ -215,7 +215,7 @@ def render_gguf(report: dict) -> str:
         _yaml_list(["gguf", "llama.cpp", gtype, "qwen3_vl" if mm else "qwen3"] + (["autoround"] if quantized else [])),
         "quantization:",
         f"  method: {'AutoRound' if quantized else 'none (16-bit)'}",
-        f"  format: gguf",
+        "  format: gguf",
         f"  gguf_type: {gtype}",
         f"  file: {json.dumps(report['file'])}",
         "libraries:",
@@ -231,13 +231,13 @@ def render_gguf(report: dict) -> str:
     body = [
         f"# {alias}",
         "",
-        f"`{base['id']}` {how}, for [llama.cpp](https://github.com/ggml-org/llama.cpp) "
-        f"(llama-cpp-python {lib.get('llama-cpp-python', '')}).",
+        (f"`{base['id']}` {how}, for [llama.cpp](https://github.com/ggml-org/llama.cpp) "
+         f"(llama-cpp-python {lib.get('llama-cpp-python', '')})."),
         "",
-        f"File: `{report['file']}` — architecture `{g['architecture']}`, file type {g['file_type']}, "
-        f"tensor types {types}; tokenizer pre-splitter `{g['tokenizer_pre']}`.",
-        f"Size: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit safetensors base "
-        f"(x{sizes['ratio']}){' (both files)' if mm else ''}.",
+        (f"File: `{report['file']}` — architecture `{g['architecture']}`, file type {g['file_type']}, "
+         f"tensor types {types}; tokenizer pre-splitter `{g['tokenizer_pre']}`."),
+        (f"Size: **{_mb(sizes['artifact_bytes'])}** vs {_mb(sizes['base_bytes'])} for the 16-bit safetensors base "
+         f"(x{sizes['ratio']}){' (both files)' if mm else ''}."),
         *([f"Vision projector: `{mm['file']}` ({_mb(mm['bytes'])}, `{mm['projector_type']}`, 16-bit: "
            + ", ".join(f"{k}: {v}" for k, v in sorted(mm["tensor_types"].items()))
            + ") — the vision tower and merger, unquantized, loaded by llama.cpp's mtmd beside the language model."]
@@ -263,9 +263,9 @@ def render_gguf(report: dict) -> str:
                         f"{rtn['top1']:.1%} | {rtn['loader']} |")
         vis = ver.get("vision")
         if vis:
-            body += ["", f"Vision: llama.cpp turns the test picture into {vis['image_tokens']} image tokens "
-                         f"(transformers' processor: {vis['image_tokens_transformers']}) and answers it "
-                         f"({vis['answer_tokens']} tokens) through `{vis['mmproj']}`."]
+            body += ["", (f"Vision: llama.cpp turns the test picture into {vis['image_tokens']} image tokens "
+                          f"(transformers' processor: {vis['image_tokens_transformers']}) and answers it "
+                          f"({vis['answer_tokens']} tokens) through `{vis['mmproj']}`.")]
     else:
         body.append("Not verified (`--no-verify`).")
     body += [

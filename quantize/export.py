@@ -18,8 +18,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.catalog import FORMATS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 STAGE_PREFIX = ".quantize-"
 # AutoRound's quant_method -> our format name
@@ -66,7 +70,7 @@ class Staging:
         self.tag = tag
         self.path: Path | None = None
 
-    def __enter__(self) -> "Staging":
+    def __enter__(self) -> Self:
         self.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(self.parent)
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{self.tag}-{os.getpid()}-", dir=self.parent))
@@ -232,11 +236,12 @@ def _float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
     n = 0
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:
-            if not any(sf.get_slice(k).get_dtype() == "F32" for k in sf.keys()):
+            keys = sf.keys()
+            if not any(sf.get_slice(k).get_dtype() == "F32" for k in keys):
                 continue
             meta = sf.metadata() or {}
             tensors = {}
-            for k in sf.keys():
+            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
                 t = sf.get_tensor(k)
                 if t.dtype == torch.float32:
                     t = t.to(target)

@@ -25,12 +25,15 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from core import catalog
 from core.errors import UserError
 from core.llamacpp_build import check_runs
+from quantize.layout import Layout
 from quantize.lint import Problem, _err, _warn
+from quantize.recipes import Recipe
 
 GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
 DEFAULT_TYPE = "q4_k_m"
@@ -48,6 +51,7 @@ PROJECTOR_TYPE = {catalog.VL_ARCH: "qwen3vl_merger"}  # clip.projector_type llam
 MMPROJ_FILE_TYPE = 1  # MOSTLY_F16 (norms and biases stay F32)
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+UNKNOWN_PRETOKENIZER = "BPE pre-tokenizer was not recognized"  # the converter's NotImplementedError
 BF16_KL_MAX = 0.01  # nats: a 16-bit GGUF must match the base (a conversion error shows far above this)
 INSTALL_GGUF = ("install gguf-py from llama.cpp's source tree, e.g. `make gguf-py` (pip download --no-binary :all: "
                 "llama-cpp-python==0.3.36, then pip install its vendor/llama.cpp/gguf-py)")
@@ -284,11 +288,19 @@ def _qwen2_split(model_dir: Path) -> bool:
 @contextmanager
 def pretokenizer_fallback(ctx, model_dir: Path):
     """While converting: a BPE tokenizer whose hash the converter does not know, but whose pre-tokenizer is
-    exactly Qwen2's regex, is written as `qwen2` (llama.cpp then splits text the same way)."""
+    exactly Qwen2's regex, is written as `qwen2` (llama.cpp then splits text the same way). Any other unknown one
+    is a user error (llama.cpp would split its text differently)."""
     base = sys.modules.get(ctx.module.__name__ + ".base")
     text_model = getattr(base, "TextModel", None)
     if text_model is None or not _qwen2_split(model_dir):
-        yield
+        try:
+            yield
+        except NotImplementedError as e:
+            if UNKNOWN_PRETOKENIZER not in str(e):
+                raise
+            raise UserError("llama.cpp's converter does not know this model's tokenizer (its pre-tokenizer is "
+                            "neither one it knows nor Qwen2's regex)", "leave gguf out of --formats and serve the "
+                            "safetensors formats with vLLM; nothing was written") from None
         return
     original = text_model.get_vocab_base_pre
 
@@ -350,9 +362,49 @@ def write_quantized(model_location: str, base_dir: Path, gguf_type: str, kwargs:
 
 # ---------------------------------------------------------------- the whole export
 
+@dataclass
+class Job:
+    """One GGUF export, checked and planned by `prepare` (nothing written yet); `build` writes it into a staging
+    folder. Separate so that `python -m quantize --formats gptq,...,gguf` checks everything before any tuning and
+    places nothing unless every format passed (quantize/api.py)."""
+
+    resolved: catalog.Resolved
+    arch: str
+    modality: str
+    gtype: str
+    rec: Recipe
+    dataset: str | None
+    local_corpus: bool
+    dev: str
+    device_map: str | None
+    do_verify: bool
+    debug: bool
+    base_dir: Path
+    lay: Layout
+    stem: str
+    fname: str
+    alias: str
+    dest: Path
+    command: str
+    t_start: float
+
+
 def export(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Path:
     """Quantize/convert `model` to one verified GGUF artifact folder; returns it."""
-    from quantize import api, calibration, card, export as exp, layout, recipes, verify
+    from quantize import export as exp
+
+    job = prepare(model, gguf_type, recipe, **overrides)
+    with exp.Staging(job.dest.parent, job.alias) as st:
+        folder = build(job, st)
+        st.place({"gguf": folder}, {"gguf": job.dest})
+    log(f"wrote {job.dest}")
+    log(f"done in {time.time() - job.t_start:.0f} s")
+    return job.dest
+
+
+def prepare(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Job:
+    """Every check that needs no tuning (options, base model, destination, converter); writes nothing."""
+    from quantize import api, calibration, layout, recipes
 
     t_start = time.time()
     gtype = parse_type(gguf_type)
@@ -378,7 +430,7 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
         raise UserError(f"calibration dataset not found: {dataset}", "pass a local .txt, .jsonl or .json file")
 
     resolved = catalog.resolve(model)
-    cfg, arch, modality = api._check_base(resolved)
+    _, arch, modality = api._check_base(resolved)
     if arch not in GGUF_ARCH:
         raise UserError(f"GGUF export supports Qwen3 and Qwen3-VL models, not {arch}",
                         "export this model with --formats autoround,gptq,awq and serve it with vLLM")
@@ -396,114 +448,126 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
 
     dev = recipes.resolve_device(device, torch.cuda.is_available())
     lay = layout.from_safetensors(base_dir, arch)
-    linear_names = [e.name for e in lay.quantized]
     stem = resolved.variant.family.base_alias if resolved.variant else Path(resolved.location).name
     fname = f"{stem}-{gtype.upper()}.gguf"
+    local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
+        bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
+    if gtype != "bf16" and dataset is None and not local_corpus and api._offline():
+        raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) "
+                        "needs the network but HF_HUB_OFFLINE is set",
+                        "pass --dataset with a local .txt/.jsonl/.json file")
+    return Job(resolved=resolved, arch=arch, modality=modality, gtype=gtype, rec=rec, dataset=dataset,
+               local_corpus=local_corpus, dev=dev, device_map=device_map, do_verify=do_verify, debug=debug,
+               base_dir=base_dir, lay=lay, stem=stem, fname=fname, alias=alias, dest=dest, command=command,
+               t_start=t_start)
+
+
+def build(job: Job, st) -> Path:
+    """Write, lint, verify and document the artifact inside `st` (an export.Staging); returns its staged folder.
+    Placing it is the caller's (nothing is placed when this raises)."""
+    from quantize import api, calibration, card, export as exp, recipes, verify
+
+    resolved, arch, modality, gtype, rec = job.resolved, job.arch, job.modality, job.gtype, job.rec
+    base_dir, lay, stem, fname, alias, dest = job.base_dir, job.lay, job.stem, job.fname, job.alias, job.dest
+    dataset, dev, device_map, debug, do_verify = job.dataset, job.dev, job.device_map, job.debug, job.do_verify
+    local_corpus, command = job.local_corpus, job.command
+    linear_names = [e.name for e in lay.quantized]
     cal = None
     kwargs: dict = {}
     timings: dict = {}
-    with exp.Staging(dest_parent, alias) as st:
-        folder = st.path / alias
-        folder.mkdir()
-        if gtype == "bf16":
-            log(f"model {resolved.name} ({arch}): writing a 16-bit GGUF with llama.cpp's converter")
-            t0 = time.time()
-            write_bf16(base_dir, arch, folder / fname)
-            timings["convert_s"] = round(time.time() - t0, 1)
-        else:
-            from transformers import AutoTokenizer
+    work = st.path / f"gguf-work-{alias}"  # AutoRound's output and scratch (the staging folder may hold others')
+    folder = st.path / alias
+    folder.mkdir()
+    if gtype == "bf16":
+        log(f"model {resolved.name} ({arch}): writing a 16-bit GGUF with llama.cpp's converter")
+        t0 = time.time()
+        write_bf16(base_dir, arch, folder / fname)
+        timings["convert_s"] = round(time.time() - t0, 1)
+    else:
+        from transformers import AutoTokenizer
 
-            local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
-                bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
-            if dataset is None and not local_corpus and api._offline():
-                raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) "
-                                "needs the network but HF_HUB_OFFLINE is set",
-                                "pass --dataset with a local .txt/.jsonl/.json file")
-            tok = AutoTokenizer.from_pretrained(base_dir)
-            cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
-                                      local_corpus=local_corpus)
-            kwargs = recipes.autoround_kwargs(rec, device=dev, device_map=device_map)
-            if cal.dataset is not None:
-                kwargs["dataset"] = cal.dataset
-            log(f"model {resolved.name} ({arch}); AutoRound scheme GGUF:{gtype.upper()}, recipe {rec.name} "
-                f"(iters={rec.iters}); calibration: {cal.source}")
-            t0 = time.time()
-            written = write_quantized(resolved.location, base_dir, gtype, kwargs, st.path / "autoround",
-                                      st.path / "work_space")
-            os.replace(written, folder / fname)
-            shutil.rmtree(st.path / "autoround", ignore_errors=True)  # with AutoRound's F32 mmproj
-            timings["tune_and_export_s"] = round(time.time() - t0, 1)
-        mmproj = None
-        if modality == "vl":
-            mmproj = folder / f"{MMPROJ_PREFIX}{stem}-F16.gguf"
-            log("writing the vision tower and merger as a 16-bit projector file for llama.cpp")
-            t0 = time.time()
-            write_mmproj(base_dir, arch, mmproj)
-            timings["mmproj_s"] = round(time.time() - t0, 1)
-        shutil.copy2(Path(base_dir) / "config.json", folder / "config.json")
-        exp.complete(folder, base_dir)  # tokenizer, chat template, generation config
-        probs = lint_folder(folder, gtype, arch)
-        for p in probs:
-            log(f"lint {alias}: {p}")
-        errs = [p for p in probs if p.level == "error"]
-        if errs:
-            raise UserError(f"lint failed for {alias}: {errs[0].message}"
-                            + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""),
-                            "nothing was written; re-run with --debug for the full list", exit_code=3)
-        log(f"lint {alias}: ok ({len(probs)} warning(s))")
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
+                                  local_corpus=local_corpus)
+        kwargs = recipes.autoround_kwargs(rec, device=dev, device_map=device_map)
+        if cal.dataset is not None:
+            kwargs["dataset"] = cal.dataset
+        log(f"model {resolved.name} ({arch}); AutoRound scheme GGUF:{gtype.upper()}, recipe {rec.name} "
+            f"(iters={rec.iters}); calibration: {cal.source}")
+        t0 = time.time()
+        written = write_quantized(resolved.location, base_dir, gtype, kwargs, work / "autoround",
+                                  work / "work_space")
+        os.replace(written, folder / fname)
+        shutil.rmtree(work, ignore_errors=True)  # with AutoRound's F32 mmproj
+        timings["tune_and_export_s"] = round(time.time() - t0, 1)
+    mmproj = None
+    if modality == "vl":
+        mmproj = folder / f"{MMPROJ_PREFIX}{stem}-F16.gguf"
+        log("writing the vision tower and merger as a 16-bit projector file for llama.cpp")
+        t0 = time.time()
+        write_mmproj(base_dir, arch, mmproj)
+        timings["mmproj_s"] = round(time.time() - t0, 1)
+    shutil.copy2(Path(base_dir) / "config.json", folder / "config.json")
+    exp.complete(folder, base_dir)  # tokenizer, chat template, generation config
+    probs = lint_folder(folder, gtype, arch)
+    for p in probs:
+        log(f"lint {alias}: {p}")
+    errs = [p for p in probs if p.level == "error"]
+    if errs:
+        raise UserError(f"lint failed for {alias}: {errs[0].message}"
+                        + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""),
+                        "nothing was written; re-run with --debug for the full list", exit_code=3)
+    log(f"lint {alias}: ok ({len(probs)} warning(s))")
 
-        ver = None
-        if do_verify:
-            log("verifying: loading the GGUF with llama.cpp and comparing with the 16-bit base")
-            check_runs(folder / fname)  # a llama.cpp build that crashes here: one line, nothing placed
-            rep = verify.run(base_dir, {"gguf": folder / fname}, modality, linear_names, device="cpu",
-                             held_out=cal.held_out if cal else None, log=log, debug=debug, mmproj=mmproj)
-            r = rep.results.get("gguf")
-            if gtype == "bf16" and r is not None and r.kl_mean is not None and not r.kl_mean <= BF16_KL_MAX:
-                rep.problems.append(f"the 16-bit GGUF disagrees with the base (KL {r.kl_mean:.3g} > {BF16_KL_MAX})")
-            print(rep.table(), file=sys.stderr, flush=True)
-            if not rep.ok:
-                raise UserError(f"verify failed: {rep.problems[0]}",
-                                "nothing was written; re-run with --debug for details", exit_code=4)
-            ver = rep.as_dict()
+    ver = None
+    if do_verify:
+        log("verifying: loading the GGUF with llama.cpp and comparing with the 16-bit base")
+        check_runs(folder / fname)  # a llama.cpp build that crashes here: one line, nothing placed
+        rep = verify.run(base_dir, {"gguf": folder / fname}, modality, linear_names, device="cpu",
+                         held_out=cal.held_out if cal else None, log=log, debug=debug, mmproj=mmproj)
+        r = rep.results.get("gguf")
+        if gtype == "bf16" and r is not None and r.kl_mean is not None and not r.kl_mean <= BF16_KL_MAX:
+            rep.problems.append(f"the 16-bit GGUF disagrees with the base (KL {r.kl_mean:.3g} > {BF16_KL_MAX})")
+        print(rep.table(), file=sys.stderr, flush=True)
+        if not rep.ok:
+            raise UserError(f"verify failed: {rep.problems[0]}",
+                            "nothing was written; re-run with --debug for details", exit_code=4)
+        ver = rep.as_dict()
 
-        h = read_header(folder / fname)
-        base_bytes = exp.folder_bytes(base_dir)
-        art_bytes = (folder / fname).stat().st_size + (mmproj.stat().st_size if mmproj else 0)
-        base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
-            else (resolved.location if resolved.source == "hub" else stem)
-        report = {
-            "alias": alias, "format": "gguf", "gguf_type": gtype, "file": fname, "quant_method": None,
-            "mmproj": ({"file": mmproj.name, "bytes": mmproj.stat().st_size,
-                        **{k: mh[k] for k in ("projector_type", "file_type", "projection_dim")},
-                        "tensor_types": dict(Counter(mh["tensor_types"].values()))}
-                       if mmproj and (mh := read_header(mmproj)) else None),
-            "engine": "llama.cpp",
-            "base": {"id": base_id, "source": resolved.source, "location": resolved.location, "architecture": arch},
-            "gguf": {"architecture": h["architecture"], "file_type": h["file_type"],
-                     "tensor_types": dict(Counter(h["tensor_types"].values())),
-                     "tokenizer_pre": h["tokenizer_pre"]},
-            "recipe": rec.as_dict() if gtype != "bf16" else None,
-            "autoround_kwargs": {k: v for k, v in kwargs.items() if k != "dataset"} or None,
-            "calibration": cal.card_dict() if cal else None, "layout": lay.as_dict(), "device": dev,
-            "sizes": {"artifact_bytes": art_bytes, "base_bytes": base_bytes,
-                      "ratio": round(art_bytes / base_bytes, 3) if base_bytes else None},
-            "lint": [p.__dict__ for p in probs], "verify": ver, "versions": _versions(), "timings": timings,
-            "path": str(dest), "max_model_len": resolved.variant.family.max_model_len if resolved.variant else 8192,
-            "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (folder / api.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        (folder / "README.md").write_text(card.render_gguf(report))
-        errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True, vl=mmproj is not None)
-                if p.level == "error"]
-        if errs:
-            raise UserError(f"{alias} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
-        for p in folder.iterdir():
-            p.chmod(0o644)
-        st.place({"gguf": folder}, {"gguf": dest})
-    log(f"wrote {dest}")
-    log(f"done in {time.time() - t_start:.0f} s")
-    return dest
+    h = read_header(folder / fname)
+    base_bytes = exp.folder_bytes(base_dir)
+    art_bytes = (folder / fname).stat().st_size + (mmproj.stat().st_size if mmproj else 0)
+    base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
+        else (resolved.location if resolved.source == "hub" else stem)
+    report = {
+        "alias": alias, "format": "gguf", "gguf_type": gtype, "file": fname, "quant_method": None,
+        "mmproj": ({"file": mmproj.name, "bytes": mmproj.stat().st_size,
+                    **{k: mh[k] for k in ("projector_type", "file_type", "projection_dim")},
+                    "tensor_types": dict(Counter(mh["tensor_types"].values()))}
+                   if mmproj and (mh := read_header(mmproj)) else None),
+        "engine": "llama.cpp",
+        "base": {"id": base_id, "source": resolved.source, "location": resolved.location, "architecture": arch},
+        "gguf": {"architecture": h["architecture"], "file_type": h["file_type"],
+                 "tensor_types": dict(Counter(h["tensor_types"].values())),
+                 "tokenizer_pre": h["tokenizer_pre"]},
+        "recipe": rec.as_dict() if gtype != "bf16" else None,
+        "autoround_kwargs": {k: v for k, v in kwargs.items() if k != "dataset"} or None,
+        "calibration": cal.card_dict() if cal else None, "layout": lay.as_dict(), "device": dev,
+        "sizes": {"artifact_bytes": art_bytes, "base_bytes": base_bytes,
+                  "ratio": round(art_bytes / base_bytes, 3) if base_bytes else None},
+        "lint": [p.__dict__ for p in probs], "verify": ver, "versions": _versions(), "timings": timings,
+        "path": str(dest), "max_model_len": resolved.variant.family.max_model_len if resolved.variant else 8192,
+        "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (folder / api.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "README.md").write_text(card.render_gguf(report))
+    errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True, vl=mmproj is not None)
+            if p.level == "error"]
+    if errs:
+        raise UserError(f"{alias} is incomplete: {errs[0].message}", "nothing was written", exit_code=3)
+    for p in folder.iterdir():
+        p.chmod(0o644)
+    return folder
 
 
 def _versions() -> dict:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from core.catalog import TEXT_ARCH, VL_ARCH
 from core.errors import UserError
-
 from quantize.recipes import GROUP_SIZE
 
 SUPPORTED = {TEXT_ARCH: "text", VL_ARCH: "vl"}
@@ -92,8 +91,8 @@ class Layout:
 
     def text(self) -> str:
         t = self.totals()
-        lines = [f"layout ({self.architecture}): {t['linears_4bit']} Linear modules -> 4-bit (sym, group "
-                 f"{GROUP_SIZE}); everything else stays 16-bit"]
+        lines = [(f"layout ({self.architecture}): {t['linears_4bit']} Linear modules -> 4-bit (sym, group "
+                  f"{GROUP_SIZE}); everything else stays 16-bit")]
         lines.append(f"  {'':6} {'modules':<58} {'count':>5} {'params':>12} {'bf16':>10} {'W4A16':>10}")
         for r in self.groups():
             lines.append(f"  {'4-bit' if r['kind'] == 'linear4' else '16-bit':6} {r['group'][:58]:<58} "
@@ -198,20 +197,9 @@ def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
     for f in files:
         try:
             with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():
+                for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
                     out[k] = tuple(sf.get_slice(k).get_shape())
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
             raise UserError(f"cannot read weights {f.name} in {model_dir} ({type(e).__name__})",
                             "the file is corrupt or truncated: rebuild or re-download the model") from None
-    return out
-
-
-def tensor_dtypes(model_dir: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
-                out[k] = sf.get_slice(k).get_dtype()
     return out

@@ -23,8 +23,6 @@ from pathlib import Path
 
 from quantize.recipes import BITS, GROUP_SIZE
 
-QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale", "weight_shape",
-                  "weight_zero_point")
 FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 # vLLM's weight renaming for each architecture (its `hf_to_vllm_mapper`, prefix part)
 VLLM_PREFIX_MAP = {
@@ -159,9 +157,7 @@ def loader_quantized(qc: dict, name: str) -> bool:
         if re.search(n, name):
             return False
     extra = (qc.get("extra_config") or {}).get(name)
-    if extra and int(extra.get("bits", 4)) >= 16:
-        return False
-    return True
+    return not (extra and int(extra.get("bits", 4)) >= 16)
 
 
 def _re_full(pattern: str, name: str) -> bool:
@@ -359,7 +355,7 @@ def read_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     out = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
+            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
                 s = sf.get_slice(k)
                 out[k] = (tuple(s.get_shape()), s.get_dtype())
     return out

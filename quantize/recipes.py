@@ -13,7 +13,6 @@ from core.errors import UserError
 SCHEME = "W4A16"
 BITS = 4
 GROUP_SIZE = 128
-SYM = True
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ RECIPES: dict[str, Recipe] = {
 OVERRIDABLE = ("iters", "nsamples", "seqlen", "batch_size", "lr")
 
 
-def get(recipe: "str | Recipe", **overrides) -> Recipe:
+def get(recipe: str | Recipe, **overrides) -> Recipe:
     """A recipe by name (or as given) with flag overrides applied (None values are ignored)."""
     if isinstance(recipe, Recipe):
         base = recipe
@@ -117,19 +116,19 @@ def autoround_kwargs(recipe: Recipe, *, device: str, device_map: str | None = No
     `device` is the resolved device ('cpu' or 'cuda'); `device_map` (AutoRound's own spelling, e.g. "0,1,2" or
     "auto") passes through unchanged for multi-GPU tuning. `dataset` None means AutoRound's default dataset.
     """
-    kw = dict(
-        scheme=SCHEME,
-        iters=recipe.iters,
-        nsamples=recipe.nsamples,
-        seqlen=recipe.seqlen,
-        batch_size=recipe.batch_size,
-        device_map=device_map if device_map else ("cpu" if device == "cpu" else 0),
+    kw = {
+        "scheme": SCHEME,
+        "iters": recipe.iters,
+        "nsamples": recipe.nsamples,
+        "seqlen": recipe.seqlen,
+        "batch_size": recipe.batch_size,
+        "device_map": device_map if device_map else ("cpu" if device == "cpu" else 0),
         # torch.compile costs about a minute of compilation per block shape on a CPU and buys nothing there
-        enable_torch_compile=False if device == "cpu" else None,
-        quant_nontext_module=False,  # vision tower and merger stay 16-bit
-        quant_lm_head=False,
-        trust_remote_code=False,  # AutoRound's default is True: never run Python code that came with a model
-    )
+        "enable_torch_compile": False if device == "cpu" else None,
+        "quant_nontext_module": False,  # vision tower and merger stay 16-bit
+        "quant_lm_head": False,
+        "trust_remote_code": False,  # AutoRound's default is True: never run Python code that came with a model
+    }
     if recipe.lr is not None:
         kw["lr"] = recipe.lr
     if recipe.iters == 0 and recipe.disable_opt_rtn:

@@ -77,8 +77,8 @@ class Report:
                 "vision": self.vision, "problems": self.problems, "ok": self.ok}
 
     def table(self) -> str:
-        lines = [f"verify: {self.prompts} held-out prompts{' with an image' if self.with_image else ''}, "
-                 f"{self.positions} greedy positions, vs the 16-bit base",
+        lines = [(f"verify: {self.prompts} held-out prompts{' with an image' if self.with_image else ''}, "
+                  f"{self.positions} greedy positions, vs the 16-bit base"),
                  f"  {'model':<20} {'KL mean':>10} {'KL max':>10} {'top-1':>7}  loader"]
         for r in self.results.values():
             if r.error:
@@ -174,7 +174,6 @@ def load_base(path: Path, modality: str, device: str):
 
 def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None):
     """(model, loader description)."""
-    import torch
 
     qc = json.loads((Path(path) / "config.json").read_text()).get("quantization_config", {})
     if qc.get("quant_method") in ("auto-round", "gptq"):
@@ -242,7 +241,7 @@ def load_dequantized(path: Path, base_dir: Path, modality: str, device: str):
     tensors = {}
     for f in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
+            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
                 tensors[k] = sf.get_tensor(k)
     state = {}
     for k, t in tensors.items():

@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start even where a known limitation says it fails")
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
     p.add_argument("--list", action="store_true", help="print the variant catalog and what is local")
+    p.add_argument("--plan", nargs="?", const="", metavar="MODEL",
+                   help="will MODEL fit here: weights, KV cache, image budget, longest context; prints and exits "
+                        "(its options: python -m serve --plan --help)")
     add_common(p)
     return p
 
@@ -92,8 +95,8 @@ def snippet(base_url: str, model: str, keyed: bool) -> list[str]:
     key = f'os.environ["{API_KEY_ENV}"]' if keyed else '"EMPTY"'
     imports = "import os; from openai import OpenAI" if keyed else "from openai import OpenAI"
     return [f'{imports}; client = OpenAI(base_url="{base_url}", api_key={key})',
-            f'print(client.chat.completions.create(model="{model}", messages=[{{"role": "user", '
-            f'"content": "Hello!"}}]).choices[0].message.content)']
+            (f'print(client.chat.completions.create(model="{model}", messages=[{{"role": "user", '
+             f'"content": "Hello!"}}]).choices[0].message.content)')]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
+    if any(a == "--plan" or a.startswith("--plan=") for a in argv) and "--doctor" not in argv:
+        from serve.plan import main as plan_main
+        return plan_main(argv)
     args = parser().parse_args(argv)
     if args.doctor:
         from core.doctor import report
@@ -113,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--model is required",
                         "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
 
-    from serve import engine as E
-    from serve import server as S
+    from serve import engine as E, server as S
 
     hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
     choice = E.decide(args.model, hw, args.engine)

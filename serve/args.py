@@ -120,9 +120,9 @@ def _hub_cached_config(repo_id: str) -> str | None:
 def model_info(resolved: Resolved) -> ModelInfo:
     """config.json of a local folder or a cached Hub id -> ModelInfo; else the catalog's facts."""
     v = resolved.variant
-    base = dict(location=resolved.location, served_name=resolved.served_name, source=resolved.source,
-                max_model_len=v.family.max_model_len if v else None,
-                bf16_alias=v.family.base_alias if v and v.is_quantized else None)
+    base = {"location": resolved.location, "served_name": resolved.served_name, "source": resolved.source,
+            "max_model_len": v.family.max_model_len if v else None,
+            "bf16_alias": v.family.base_alias if v and v.is_quantized else None}
     cfg_path: str | Path | None = None
     if resolved.source == "local":
         cfg_path = resolved.location

@@ -16,9 +16,9 @@ Rules (each with a one-line reason that serve prints and doctor shows):
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from core import catalog
 from core.errors import UserError

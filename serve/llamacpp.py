@@ -160,7 +160,7 @@ def check_engine(python: str) -> None:
         if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
             raise UserError(f"llama-cpp-python (with its server extra) is not installed in {sys.executable}", INSTALL)
         return
-    r = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60)
+    r = subprocess.run([python, "-c", "import llama_cpp.server"], check=False, capture_output=True, timeout=60)
     if r.returncode != 0:
         raise UserError(f"llama-cpp-python's server cannot be imported by {python}", INSTALL)
 

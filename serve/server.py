@@ -27,14 +27,26 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from core import catalog
 from core.errors import UserError
 from core.hardware import Hardware, detect
-from serve.args import (CPU_INT4_ENV, VLLM_PYTHON_ENV, ModelInfo, ServeOptions, default_api_key, model_info,
-                        shown_command, vllm_command)
+from serve.args import (
+    CPU_INT4_ENV,
+    VLLM_PYTHON_ENV,
+    ModelInfo,
+    ServeOptions,
+    default_api_key,
+    model_info,
+    shown_command,
+    vllm_command,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 HUB_HOST = ("huggingface.co", 443)
 TAIL_LINES = 25  # log lines shown when vLLM dies
@@ -168,7 +180,7 @@ def check_engine(python: str) -> None:
         raise UserError(f"no such Python: {python}", f"check --vllm-python / {VLLM_PYTHON_ENV}")
     try:
         r = subprocess.run([exe, "-c", "import importlib.util,sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
-                           capture_output=True, timeout=60)
+                           check=False, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         raise UserError(f"cannot run {python}: {e}", f"check --vllm-python / {VLLM_PYTHON_ENV}") from None
     if r.returncode != 0:
@@ -177,7 +189,7 @@ def check_engine(python: str) -> None:
 
 # ---------------------------------------------------------------- the running server
 
-_LIVE: set["Server"] = set()
+_LIVE: set[Server] = set()
 _LIVE_LOCK = threading.Lock()
 _HOOKED = False
 
@@ -237,7 +249,7 @@ class Server:
             _LIVE.discard(self)
         _kill_tree(self.proc, self.processes(), timeout_s)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -290,14 +302,17 @@ def _hook_cleanup() -> None:
                 signal.signal(sig, _on_signal)
 
 
-def _parent_death_signal() -> None:
-    """In the child, before exec: get SIGTERM when the parent dies (Linux), so a SIGKILLed parent leaves nothing."""
+def _parent_death_signal():
+    """A preexec_fn for the child: get SIGTERM when the parent dies (Linux), so a SIGKILLed parent leaves nothing.
+    libc's prctl is looked up here, in the parent: the forked child only calls it (no import, no dlopen). None where
+    there is no prctl (not Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort (not Linux)
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # best effort (not Linux)
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def check_weights(info: ModelInfo) -> None:
@@ -387,10 +402,11 @@ def spawn(argv: list[str], env: dict[str, str], *, command: str, served_name: st
     with open(log_path, "ab") as log:
         log.write(f"$ {command}\n".encode())
         log.flush()
+        pdeath = _parent_death_signal() if threading.current_thread() is threading.main_thread() else None
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=run,
             start_new_session=True,
-            preexec_fn=_parent_death_signal if threading.current_thread() is threading.main_thread() else None)
+            preexec_fn=pdeath)  # noqa: PLW1509 - set only from the main thread; the child calls prctl, nothing else
     connect = _connect_host(host)
     url_host = f"[{connect}]" if ":" in connect else connect
     srv = Server(base_url=f"http://{url_host}:{port}/v1", model=served_name, api_key=api_key, log_path=log_path,
@@ -483,13 +499,13 @@ CAUSES = (  # (regex on the log tail, likely cause, what to do); first match win
     (r"cpu_gemm_wna16|no attribute '(cpu_gemm|int4|awq|gptq|marlin)\w*'|undefined symbol",
      "a kernel this checkpoint needs is missing from this vLLM build",
      "serve the bf16 variant, or use a GPU or an AVX-512 CPU"),
-    (r"out of memory|OutOfMemory|Cannot allocate memory|MemoryError|std::bad_alloc|"
-     r"not enough (KV cache )?memory|No available memory for the cache blocks|larger than the available KV cache",
+    ((r"out of memory|OutOfMemory|Cannot allocate memory|MemoryError|std::bad_alloc|"
+      r"not enough (KV cache )?memory|No available memory for the cache blocks|larger than the available KV cache"),
      "out of memory", "lower --max-model-len, close other programs, or (GPU) lower --gpu-memory-utilization"),
     (r"[Aa]ddress already in use|Errno 98",
      "the port is already in use", "pick another --port, or stop what is using it"),
-    (r"[Uu]nsupported quantization|[Uu]nknown quantization|[Qq]uantization method .{0,60}(not supported|unsupported)|"
-     r"is not supported for the current GPU|[Nn]o (compatible|supported) .{0,40}kernel",
+    ((r"[Uu]nsupported quantization|[Uu]nknown quantization|[Qq]uantization method .{0,60}(not supported|unsupported)|"
+      r"is not supported for the current GPU|[Nn]o (compatible|supported) .{0,40}kernel"),
      "this vLLM build does not support the checkpoint's quantization here",
      "serve the bf16 variant, or another format (`python -m serve --list`)"),
     (r"max_model_len.{0,120}(greater|larger|exceed|too (long|large))|max seq len.{0,40}(larger|greater) than",

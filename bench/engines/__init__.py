@@ -9,7 +9,7 @@ ran: argv, backend, compile, start-up seconds ...), `failure_reason()` (one line
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from bench.metrics import RequestResult
 from bench.workload import Request

@@ -13,8 +13,8 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bench.engines import Engine, VariantFailed, one_line
 from bench.metrics import RequestResult
@@ -156,13 +156,13 @@ class TransformersEngine(Engine):
                 if r.image is not None:
                     images.append(r.image)
             texts = [self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
-            kw = dict(text=texts, images=images or None, return_tensors="pt", padding=True)
+            kw = {"text": texts, "images": images or None, "return_tensors": "pt", "padding": True}
             if pad_to:
                 kw.update(padding="max_length", max_length=pad_to)
             return self.processor(**kw).to(self.device)
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": r.text}], tokenize=False,
                                                     add_generation_prompt=True) for r in reqs]
-        kw = dict(return_tensors="pt", padding=True, add_special_tokens=False)
+        kw = {"return_tensors": "pt", "padding": True, "add_special_tokens": False}
         if pad_to:
             kw.update(padding="max_length", max_length=pad_to)
         return self.tokenizer(texts, **kw).to(self.device)
@@ -177,7 +177,7 @@ class TransformersEngine(Engine):
     def _generate(self, inputs, max_new: int, min_new: int | None, streamer=None, compiled: bool = True):
         import torch
 
-        kw = dict(max_new_tokens=max_new, do_sample=False, streamer=streamer)
+        kw = {"max_new_tokens": max_new, "do_sample": False, "streamer": streamer}
         if min_new:
             kw["min_new_tokens"] = min_new
         if not compiled:
@@ -188,7 +188,7 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             try:
                 return self.model.generate(**inputs, **kw)
-            except Exception as e:  # noqa: BLE001 - a kernel that cannot be compiled: run eagerly, say so
+            except Exception as e:  # a kernel that cannot be compiled: run eagerly, say so
                 if self._compile_cfg is None:
                     raise
                 self._compile_cfg = None
@@ -265,5 +265,5 @@ class TransformersEngine(Engine):
             torch._dynamo.reset()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - freeing caches on close is best effort
             pass

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from bench import memory
 from bench.engines import Engine, error_from_log, one_line

@@ -16,7 +16,7 @@ def run_mod(module: str, *args: str, timeout: float = 120, env: dict | None = No
     """`python -m module args...` from the repository root (or `cwd`, with the repository on PYTHONPATH)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True,
-                          timeout=timeout, env=full_env, preexec_fn=preexec_fn)
+                          timeout=timeout, env=full_env, preexec_fn=preexec_fn, check=False)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:

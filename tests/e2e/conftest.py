@@ -34,7 +34,7 @@ def _make_artifact(alias: str) -> Path:
     if v.format.name not in fmts.split(","):
         fmts = v.format.name
     cmd = [sys.executable, "-m", "quantize", "--model", base, "--formats", fmts, "--recipe", "light"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     p = catalog.local_path(alias)
     assert p is not None, f"quantize did not write {alias}"

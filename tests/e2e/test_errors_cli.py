@@ -40,7 +40,7 @@ def _vllm_for(path_part: str) -> list[int]:
 class _Images(BaseHTTPRequestHandler):
     """/big: a 21 MiB body (streamed, never held in memory); /text: a page, not an image; /png: a real image."""
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):  # http.server's name
         if self.path == "/big":
             chunk = b"\0" * MiB
             self.send_response(200)

@@ -11,12 +11,12 @@ import contextlib
 import json
 import os
 import queue
-import threading
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -393,9 +393,8 @@ def test_w4a16_formats(fmt, artifact, server):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == catalog.FORMATS[fmt].quant_method
     if W4_OK:  # this machine's vLLM has the int4 kernel: serve it and chat with an image
+        from serve.args import cpu_int4, model_info
         from serve.client import chat, user_message
-
-        from serve.args import model_info, cpu_int4
         from serve.vllm_plugin import LOG_LINE
 
         srv = server(alias)
@@ -434,7 +433,6 @@ def test_w4a16_greedy_agrees_with_transformers(fmt, path, artifact, server):
     from transformers import AutoProcessor
 
     from quantize.verify import load_export
-
     from serve.args import cpu_int4, model_info
 
     alias = f"tiny-vl-{fmt}"

@@ -266,7 +266,7 @@ def test_server_killed_mid_run_then_restarted(artifact):
             _assert_clean(e.value.line())
             assert "cannot connect" in e.value.line() and time.monotonic() - t0 < 15
         print(f"[kill] new request while down: {e.value.line()}")
-        gone, alive = psutil.wait_procs(tree, timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=30)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
         assert not srv.alive()
         srv.stop()  # reaps the leader; idempotent on a dead tree

@@ -140,7 +140,7 @@ def test_cli_parsing_helpers():
 def test_cli_user_errors_are_one_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, check=False)
 
     r = run("--models", "tiny-text", "--concurrency", "0")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: concurrency must be positive integers")

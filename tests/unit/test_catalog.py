@@ -85,7 +85,7 @@ def test_artifact_root_from_env(home):
 
 
 def test_list_prints_every_alias_and_what_is_local(home):
-    r = subprocess.run([sys.executable, "-m", "serve", "--list"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "serve", "--list"], check=False, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for alias in catalog.VARIANTS:
         assert alias in r.stdout

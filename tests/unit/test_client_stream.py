@@ -9,6 +9,7 @@ import http.server
 import json
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -25,9 +26,9 @@ def _chunk(delta: dict | None = None, finish: str | None = None, usage: dict | N
 
 
 class _Scripted(http.server.BaseHTTPRequestHandler):
-    script: list = []  # (seconds to wait, bytes to send) or "cut" (close the socket without the end)
+    script: ClassVar[list] = []  # (seconds to wait, bytes to send) or "cut" (close the socket without the end)
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):  # http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

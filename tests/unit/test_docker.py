@@ -152,7 +152,7 @@ def _flags(argv: list[str]) -> list[str]:
 
 def _help(module: str) -> str:
     r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, check=False)
     assert r.returncode == 0, (f"`python -m {module} --help` exited {r.returncode}:\n"
                                f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return r.stdout
@@ -175,7 +175,7 @@ def test_hadolint_clean(kind, tmp_path):
     config = tmp_path / "hadolint.yaml"
     config.write_text("failure-threshold: style\n")  # any finding fails; no repository config can relax it
     r = subprocess.run([_tool("hadolint"), "--config", str(config), "--no-color", "-f", "json", str(path)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     findings = json.loads(r.stdout or "[]")
     assert r.returncode == 0 and not findings, (
         f"hadolint {path.name}:\n" + "\n".join(f"  line {f['line']}: {f['code']} {f['message']}" for f in findings)
@@ -194,7 +194,7 @@ def test_hadolint_finds_problems(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN pip install requests\n")
     r = subprocess.run([_tool("hadolint"), "--no-color", "-f", "json", str(bad)], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, check=False)
     codes = {f["code"] for f in json.loads(r.stdout)}
     assert r.returncode != 0 and {"DL3006", "DL3013"} <= codes, codes
 
@@ -248,7 +248,8 @@ def test_installs_follow_the_makefile():
     assert make, "Dockerfile.cpu must install through `make venv` (the one install recipe)"
     cpu_extras = re.search(r"EXTRAS=([\w,]+)", make.group(1))
     assert cpu_extras and "cpu" in cpu_extras.group(1).split(",")
-    assert re.search(r"^\$\(STAMP\):", makefile, re.M) and re.search(r"^venv: \$\(STAMP\)", makefile, re.M)
+    assert re.search(r"^\$\(STAMP\):", makefile, re.MULTILINE)
+    assert re.search(r"^venv: \$\(STAMP\)", makefile, re.MULTILINE)
     for name in gpu_extras.group(1).split(",") + cpu_extras.group(1).split(","):
         assert name in extras, f"extra [{name}] is not in pyproject.toml"
 
@@ -293,13 +294,13 @@ def test_image_command_needs_the_api_key(kind, tmp_path):
     argv = [sys.executable, "-m", *entrypoint[2:], *tail, "--dry-run"]
     env = {k: v for k, v in os.environ.items() if k != "QWEN_W4_API_KEY"} | {"QWEN_W4_HOME": str(tmp_path)}
 
-    r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(argv, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0, f"serve accepted --host 0.0.0.0 without a key:\n{r.stdout}"
     assert r.stderr.startswith("error:") and "QWEN_W4_API_KEY" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
     key = "k-" + secrets.token_hex(12)
     r = subprocess.run(argv, cwd=REPO, env=env | {"QWEN_W4_API_KEY": key}, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--host 0.0.0.0 --port 8000" in r.stdout and "vllm.entrypoints.openai.api_server" in r.stdout, r.stdout
     assert "VLLM_API_KEY=" in r.stdout and key not in r.stdout + r.stderr, "the API key must reach vLLM, unprinted"
@@ -309,7 +310,7 @@ def test_image_command_needs_the_api_key(kind, tmp_path):
 
 def test_compose_validates_against_the_compose_schema():
     r = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                        str(COMPOSE)], capture_output=True, text=True, timeout=120)
+                        str(COMPOSE)], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -319,7 +320,7 @@ def test_compose_schema_check_is_not_vacuous(tmp_path):
     path = tmp_path / "compose.yaml"
     path.write_text(yaml.safe_dump(bad))
     r = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                        str(path)], capture_output=True, text=True, timeout=120)
+                        str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "shm_sise" in r.stdout, r.stdout + r.stderr
 
 

@@ -9,7 +9,7 @@ import pytest
 from core import catalog
 from core.errors import UserError
 from core.hardware import Gpu, Hardware, detect
-from serve.engine import Choice, choose_engine, gguf_variant_path
+from serve.engine import choose_engine, gguf_variant_path
 
 AVX2 = Hardware("AMD EPYC (AVX2)", 2, ("avx2",), 24.0, 20.0)
 AVX512 = Hardware("Xeon (AVX-512, no AMX)", 8, ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw"), 64, 60)
@@ -51,7 +51,7 @@ def test_gguf_artifact_is_llamacpp_everywhere(tmp_path, hw):
     c = choose_engine(res("tiny-text-gguf", str(d)), hw, "auto", find_variant=none, llamacpp_ok=True)
     assert c.engine == "llamacpp" and "GGUF" in c.reason and c.model is None
     engine, reason = c  # unpacks as (engine, reason)
-    assert engine == "llamacpp"
+    assert engine == "llamacpp" and reason == c.reason
     assert choose_engine(res("tiny-text-gguf", str(d)), hw, "llamacpp", find_variant=none,
                          llamacpp_ok=True).engine == "llamacpp"
 
@@ -105,7 +105,7 @@ def test_auto_on_amx_or_gpu_is_vllm_even_with_a_gguf_variant(with_variants, hw, 
 def test_vl_follows_the_same_rules_with_its_projector(tmp_path, hw, engine):
     """A VL family's GGUF variant counts only with its vision projector beside it (llama.cpp's mtmd needs it)."""
     q4 = gguf_folder(tmp_path, "tiny-vl-gguf")
-    find = lambda b, bf16: gguf_variant_path(b, bf16, tmp_path)  # noqa: E731 - the real lookup
+    find = lambda b, bf16: gguf_variant_path(b, bf16, tmp_path)  # the real lookup
     assert find("tiny-vl", False) is None  # the language model alone: no images, not a variant
     with pytest.raises(UserError) as e:
         choose_engine(res("tiny-vl-awq"), hw, "llamacpp", find_variant=find, llamacpp_ok=True)

@@ -147,7 +147,7 @@ def test_opaque_wrapper_makes_the_step_one_graph():
     plain = _toy()
     want = plain(x)
     torch._dynamo.reset()
-    with pytest.raises(Exception):  # the kernel as it is cannot be captured whole
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException):  # the kernel as it is cannot be captured whole
         torch.compile(plain, fullgraph=True, backend="eager")(x)
     model = _toy()
     assert gc.wrap_opaque(model) == 2 and gc.wrap_opaque(model) == 0  # once per module

@@ -12,11 +12,10 @@ from quantize import export
 
 def test_staging_is_removed_on_failure_and_ctrl_c(tmp_path):
     for exc in (RuntimeError("boom"), KeyboardInterrupt()):
-        with pytest.raises(type(exc)):
-            with export.Staging(tmp_path, "tiny-vl") as st:
-                (st.path / "half-written").write_text("x")
-                assert st.path.parent == tmp_path and st.path.name.startswith(".quantize-tiny-vl-")
-                raise exc
+        with pytest.raises(type(exc)), export.Staging(tmp_path, "tiny-vl") as st:
+            (st.path / "half-written").write_text("x")
+            assert st.path.parent == tmp_path and st.path.name.startswith(".quantize-tiny-vl-")
+            raise exc
         assert list(tmp_path.iterdir()) == []
 
 
@@ -36,15 +35,15 @@ def test_place_replaces_existing_only_at_the_end(tmp_path):
 
 def test_hold_sigint_defers_ctrl_c():
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with export.hold_sigint():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("renames finished")
+    with pytest.raises(KeyboardInterrupt), export.hold_sigint():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("renames finished")
     assert done == ["renames finished"]
 
 
 def test_clean_stale_removes_only_dead_runs(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     dead_pid = int(dead.stdout)
     (tmp_path / f".quantize-tiny-vl-{dead_pid}-abc123").mkdir()
     live = tmp_path / f".quantize-tiny-vl-{os.getpid()}-def456"

@@ -49,8 +49,8 @@ def _kwargs(argv, cuda=False):
 
 
 def test_cli_flags_map_to_autoround_kwargs():
-    rec, dev, kw = _kwargs(["--model", "x", "--recipe", "best", "--iters", "3", "--nsamples", "9",
-                            "--seqlen", "64", "--batch-size", "2", "--device", "cpu"])
+    _, dev, kw = _kwargs(["--model", "x", "--recipe", "best", "--iters", "3", "--nsamples", "9",
+                          "--seqlen", "64", "--batch-size", "2", "--device", "cpu"])
     assert dev == "cpu"
     assert kw["scheme"] == "W4A16" and kw["iters"] == 3 and kw["nsamples"] == 9 and kw["seqlen"] == 64
     assert kw["batch_size"] == 2 and kw["device_map"] == "cpu" and kw["enable_torch_compile"] is False

@@ -10,8 +10,21 @@ import pytest
 from core import catalog
 from core.errors import UserError
 from core.hardware import Gpu, Hardware
-from serve.args import (MASK, ModelInfo, ServeOptions, cpu_agreement, cpu_int4, cpu_int4_line, info_from_config,
-                        is_loopback, kv_cache_gib, model_info, read_config, shown_command, vllm_command)
+from serve.args import (
+    MASK,
+    ModelInfo,
+    ServeOptions,
+    cpu_agreement,
+    cpu_int4,
+    cpu_int4_line,
+    info_from_config,
+    is_loopback,
+    kv_cache_gib,
+    model_info,
+    read_config,
+    shown_command,
+    vllm_command,
+)
 
 CPU_AVX2 = Hardware("AMD EPYC", 2, ("avx2",), 23.5, 20.0, ())
 CPU_AVX512 = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw"), 23.5, 20.0, ())
@@ -46,7 +59,8 @@ def cfg(modality: str, fmt: str) -> dict:
 
 
 def info(modality="vl", fmt="bf16", **kw) -> ModelInfo:
-    base = dict(location=f"/art/tiny-{modality}", served_name=f"tiny-{modality}", source="local", max_model_len=2048)
+    base = {"location": f"/art/tiny-{modality}", "served_name": f"tiny-{modality}", "source": "local",
+            "max_model_len": 2048}
     base.update(kw)
     return info_from_config(cfg(modality, fmt), **base)
 
@@ -277,7 +291,7 @@ def test_secrets_are_masked():
     line = shown_command(argv, {**env, "HF_TOKEN": "hf_tok"})
     for secret in ("s3cr3t", "other-key", "third-key", "hf_tok"):
         assert secret not in line
-    assert f"VLLM_API_KEY={MASK}" in line and f"--api-key=" + MASK in line
+    assert f"VLLM_API_KEY={MASK}" in line and "--api-key=" + MASK in line
     assert "--limit-mm-per-prompt '{\"image\":2,\"video\":0}'" in line  # shell-quoted, copy-pastable
 
 
@@ -329,8 +343,8 @@ def test_kv_cache_sizing():
     ("OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8000): address already in use",
      "port"),
     ("ValueError: Unknown quantization method: foo. Must be one of ['awq', ...]", "quantization"),
-    ("ValueError: The model's max seq len (8192) is larger than the maximum number of tokens that can be stored in "
-     "KV cache (4096). Try increasing `gpu_memory_utilization` or decreasing `max_model_len`", "context length"),
+    (("ValueError: The model's max seq len (8192) is larger than the maximum number of tokens that can be stored in "
+      "KV cache (4096). Try increasing `gpu_memory_utilization` or decreasing `max_model_len`"), "context length"),
     ("ModuleNotFoundError: No module named 'vllm'", "not (properly) installed"),
     ("(EngineCore pid=1) ValueError: something odd happened", "ValueError: something odd happened"),
 ])
@@ -401,17 +415,17 @@ def test_log_excerpt_and_root_cause():
     from serve.server import excerpt, likely_cause
 
     log = [
-        "(Worker pid=1) WARNING 11-23 18:54:30 [utils.py:597] Failed to create oneDNN linear, fallback to torch "
-        "linear. Exception: could not create a primitive descriptor",
+        ("(Worker pid=1) WARNING 11-23 18:54:30 [utils.py:597] Failed to create oneDNN linear, fallback to torch "
+         "linear. Exception: could not create a primitive descriptor"),
         "(Worker pid=1) ERROR 11-23 18:54:33 [multiproc_executor.py:1063] Traceback (most recent call last):",
-        "(Worker pid=1) ERROR 11-23 18:54:33 [multiproc_executor.py:1063] AttributeError: '_OpNamespace' '_C' "
-        "object has no attribute 'cpu_gemm_wna16'",
-        "(EngineCore pid=2) ERROR 11-23 18:54:33 [core.py:1512] RuntimeError: Worker failed with error "
-        "''_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16''",
-        "(APIServer pid=3) ERROR 11-23 18:54:33 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
-        "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-        "(APIServer pid=3) ERROR 11-23 18:54:33 [serving.py:929] vllm.v1.engine.exceptions.EngineDeadError: "
-        "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        ("(Worker pid=1) ERROR 11-23 18:54:33 [multiproc_executor.py:1063] AttributeError: '_OpNamespace' '_C' "
+         "object has no attribute 'cpu_gemm_wna16'"),
+        ("(EngineCore pid=2) ERROR 11-23 18:54:33 [core.py:1512] RuntimeError: Worker failed with error "
+         "''_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16''"),
+        ("(APIServer pid=3) ERROR 11-23 18:54:33 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+         "EngineCore encountered an issue. See stack trace (above) for the root cause."),
+        ("(APIServer pid=3) ERROR 11-23 18:54:33 [serving.py:929] vllm.v1.engine.exceptions.EngineDeadError: "
+         "EngineCore encountered an issue. See stack trace (above) for the root cause."),
         "INFO:     Finished server process [3]",
         "nanobind: leaked 4 instances!",
         ' - leaked type "triton._C.libtriton.ir.location"',

@@ -1,0 +1,614 @@
+"""`python -m serve --plan MODEL`: will it fit here, and with how long a context — before anything is started.
+
+For an alias, model folder or cached Hub id on this machine's hardware (or a planned GPU, `--gpu "NAME, MiB, X.Y"`):
+weight bytes, KV-cache bytes per token, the vision encoder's activation budget for one image at the image-budget
+knob `--max-image-pixels`, the engine's own overhead, and the longest context per sequence that fits in the
+available RAM (CPU) or in `--gpu-memory-utilization` x VRAM (GPU) for `--concurrency` sequences; the knob mapped to
+vLLM's `--mm-processor-kwargs '{"max_pixels": N}'` / `--limit-mm-per-prompt` and to llama.cpp's image-token limit;
+and a GPU pre-flight by compute capability (W4A16 kernel: Machete / Marlin / none, bf16 or float16).
+
+Every number says where it came from: `header` (safetensors headers / GGUF tensor table of the artifact), `config`
+(config.json, or the published config of core/shapes.py for a catalog model that is not on disk), `measured` (this
+project's reports) or `estimate` (a formula, written next to it). Pure functions over (config dict, weight sizes,
+Hardware, GPU list); `subject()`, `gpu_list()` and `main()` do the I/O. Nothing is started or built, except a tiny
+model (seconds) that a tiny alias names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import catalog, shapes
+from core.errors import UserError
+from core.hardware import Hardware
+
+GB = 1e9
+GIB = 2**30
+W4_FORMATS = ("gptq", "awq", "autoround", "compressed-tensors")
+GROUP = 128  # W4A16 group size (quantize/recipes.py)
+# GGUF bits per weight of the language model, measured on bench-text (reports/cpu-2026-12-01: Q4_K_M 0.269 GB,
+# Q4_0 0.254 GB, BF16 0.898 GB for 0.449e9 params); the mmproj projector is F16
+GGUF_BPW = {"gguf": 4.79, "gguf-q4_0": 4.52, "gguf-bf16": 16.0}
+# Engine overheads (bytes resident beside weights, KV cache and activations)
+VLLM_CPU_BASE = 2.3e9  # measured: vLLM CPU process tree 3.22-3.44 GB RSS serving tiny-vl / tiny-text (weights
+#                        < 10 MB) with VLLM_CPU_KVCACHE_SPACE=1 GiB (reports/cpu-2026-12-01): ~2.3 GB + the KV space
+VLLM_GPU_BASE = 1.0e9  # estimate: CUDA context, cuBLAS/NCCL workspaces and CUDA graphs outside vLLM's torch profile
+LLAMACPP_BASE = 0.2e9  # measured: llama.cpp server (llama-cpp-python) 0.09-0.18 GB RSS with tiny-vl-gguf
+LLAMACPP_UBATCH = 512  # llama.cpp's n_ubatch: its compute buffer holds logits for this many tokens (fp32)
+GPU_UTIL = 0.90  # vLLM's --gpu-memory-utilization default (serve's too)
+CPU_STEP_TOKENS = 2048  # vLLM 0.32 max_num_batched_tokens default, OpenAI server on CPU (engine/arg_utils.py)
+LLAMACPP_IMAGE_TOKENS = (8, 4096)  # llama.cpp clip.cpp: set_limit_image_tokens(8, 4096) for Qwen-VL projectors
+MIN_CONTEXT = 512  # below this many tokens per sequence a model "does not fit"
+# vLLM 0.32's W4A16 kernels for NVIDIA GPUs, in its order (model_executor/kernels/linear/__init__.py, CUDA):
+# Machete needs exactly SM 9.0 (mixed_precision/machete.py: is_device_capability(90)); Marlin SM >= 7.5
+# (marlin.py get_min_capability 75; marlin_utils: no quant types below 75). Below that vLLM only has its slow
+# Exllama (GPTQ, float16) / Triton fallbacks: "none" here. bf16 needs SM >= 8.0 (platforms/cuda.py).
+MACHETE_SM = (9, 0)
+MARLIN_SM = (7, 5)
+BF16_SM = (8, 0)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One number of the plan and where it came from."""
+
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    memory_gib: float
+    capability: tuple[int, int] | None  # compute capability (None: unknown)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What vLLM can run on one GPU: its W4A16 kernel (None: no Marlin-class kernel) and the activation dtype."""
+
+    gpu: str
+    capability: tuple[int, int] | None
+    kernel: str | None
+    dtype: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The model a plan is for: its config, format and (when on disk) the artifact folder."""
+
+    name: str
+    location: str
+    cfg: dict
+    cfg_source: str
+    fmt: str  # bf16 | gptq | awq | autoround | compressed-tensors | gguf | gguf-bf16 | gguf-q4_0
+    folder: Path | None = None  # a local folder with weights (sizes from its headers)
+    max_model_len: int | None = None  # the catalog's default context
+    max_pixels: int | None = None  # the processor's own image budget (pixels)
+    max_pixels_source: str = ""
+    bf16_alias: str | None = None
+
+
+@dataclass
+class Plan:
+    model: str
+    fmt: str
+    engine: str  # vllm | llamacpp
+    device: str  # cpu | cuda
+    weights: Item
+    weights_by_group: dict[str, int]
+    kv_per_token: Item
+    overhead: Item
+    activations: Item  # LM prefill step + logits
+    budget: Item  # RAM available / VRAM x utilization
+    concurrency: int
+    requested_context: int
+    context_limit: int  # max_position_embeddings
+    max_context: int  # longest context per sequence that fits (0: none)
+    status: str  # fits | short | no
+    predicted: Item  # resident bytes at the requested context (what bench measures)
+    image: dict | None = None  # max_pixels, tokens, activations (Item), knob mappings
+    kv_cache_gib: int | None = None  # vLLM CPU: the VLLM_CPU_KVCACHE_SPACE serve sets for the requested context
+    command: str = ""
+    gpu: Preflight | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- GPU pre-flight (pure)
+
+def parse_nvidia_smi(text: str) -> list[GpuInfo]:
+    """`nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits` -> GPUs (memory in
+    MiB; a missing or "[N/A]" capability is None)."""
+    out = []
+    for line in text.strip().splitlines():
+        parts = [x.strip() for x in line.rsplit(",", 2)]
+        cap = None
+        if len(parts) == 3:
+            major, dot, minor = parts[2].partition(".")
+            if dot and major.isdigit() and minor.isdigit():
+                cap = (int(major), int(minor))
+            elif not parts[2].startswith("["):  # "[N/A]" is an unknown capability; anything else: a name's comma
+                parts = [f"{parts[0]}, {parts[1]}", parts[2]]
+        name, mem = parts[0], parts[1] if len(parts) > 1 else ""
+        try:
+            out.append(GpuInfo(name, round(float(mem) / 1024, 1), cap))
+        except ValueError:
+            continue
+    return out
+
+
+def gpu_preflight(gpu: GpuInfo) -> Preflight:
+    cap = gpu.capability
+    if cap is None:
+        return Preflight(gpu.name, None, None, "bfloat16",
+                         "compute capability unknown (nvidia-smi lacks compute_cap): kernel not checked")
+    sm = f"SM {cap[0]}.{cap[1]}"
+    dtype = "bfloat16" if cap >= BF16_SM else "float16"
+    if cap[0] == MACHETE_SM[0]:
+        return Preflight(gpu.name, cap, "Machete", dtype, f"{sm}: vLLM picks Machete (Hopper), Marlin as fallback")
+    if cap >= MARLIN_SM:
+        why = f"{sm}: vLLM picks Marlin"
+        if dtype == "float16":
+            why += "; no bf16 below SM 8.0, so activations run in float16"
+        return Preflight(gpu.name, cap, "Marlin", dtype, why)
+    return Preflight(gpu.name, cap, None, dtype, f"{sm}: below Marlin's SM 7.5; no bf16 (float16)")
+
+
+def preflight_refusal(pf: Preflight, model: str, bf16_alias: str | None) -> UserError | None:
+    """The one-line refusal of a W4A16 checkpoint on a GPU without Marlin/Machete (None: it runs)."""
+    if pf.kernel is not None or pf.capability is None:
+        return None
+    sm = f"{pf.capability[0]}.{pf.capability[1]}"
+    base = f"serve {bf16_alias} in float16" if bf16_alias else "serve the 16-bit model in float16"
+    return UserError(f"GPU '{pf.gpu}' (SM {sm}) has no W4A16 kernel for '{model}': vLLM's Marlin needs SM 7.5, "
+                     "Machete SM 9.0",
+                     f"{base} (--dtype float16 after --), use a GPU of SM >= 7.5 (T4, A10, L4, A100, H100), or a GGUF "
+                     "on llama.cpp (CPU)")
+
+
+# ---------------------------------------------------------------- sizes (pure)
+
+def _text(cfg: dict) -> dict:
+    return cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+
+
+def kv_bytes_per_token(cfg: dict) -> int:
+    """bf16/f16 K and V of every layer for one token (vLLM's and llama.cpp's default cache dtype): serve's rule."""
+    from serve.args import _kv_bytes_per_token
+
+    return _kv_bytes_per_token(_text(cfg)) or 0
+
+
+def _gidx_bytes(t: dict) -> int:
+    """GPTQ's g_idx: one int32 per input feature of every quantized linear."""
+    h, i = int(t["hidden_size"]), int(t["intermediate_size"])
+    q = int(t["num_attention_heads"]) * int(t.get("head_dim") or h // int(t["num_attention_heads"]))
+    return int(t["num_hidden_layers"]) * (5 * h + q + i) * 4  # q, k, v, gate, up read hidden; o reads q; down reads i
+
+
+def estimate_weights(cfg: dict, fmt: str) -> tuple[dict[str, int], str]:
+    """Bytes by group (decoder_linear, embedding, lm_head, vision, other) for a config dict in a format, and how."""
+    pc = shapes.param_counts(cfg)
+    lin = pc["decoder_linear"]
+    g = {"embedding": pc["embedding"] * 2, "lm_head": pc["lm_head"] * 2, "vision": pc["vision"] * 2,
+         "other": pc["other"] * 2}
+    if fmt == "bf16":
+        g["decoder_linear"] = lin * 2
+        how = f"{pc['total'] / 1e9:.2f}e9 params x 2 B (bf16)"
+    elif fmt in W4_FORMATS:
+        zeros = 0 if fmt == "compressed-tensors" else lin // GROUP // 2  # 4-bit zero points (sym: constant 8)
+        g["decoder_linear"] = lin // 2 + lin // GROUP * 2 + zeros + (_gidx_bytes(_text(cfg)) if fmt == "gptq" else 0)
+        how = (f"W4A16 g{GROUP}: {lin / 1e9:.2f}e9 decoder-linear params x 0.52 B (int4 + fp16 scales"
+               f"{' + zeros' if zeros else ''}{' + g_idx' if fmt == 'gptq' else ''}); embeddings, lm_head, vision "
+               "tower and norms 16-bit (AutoRound keeps them; checked: bench-text GPTQ/AWQ headers match to the byte)")
+    elif fmt in GGUF_BPW:
+        bpw = GGUF_BPW[fmt]
+        for k in ("decoder_linear", "embedding", "lm_head", "other"):
+            g[k] = int((lin if k == "decoder_linear" else pc[k]) * bpw / 8)
+        how = (f"GGUF {fmt.split('-')[-1].upper() if '-' in fmt else 'Q4_K_M'}: {bpw} bits/weight (measured on "
+               "bench-text); vision tower as a 16-bit mmproj")
+    else:
+        raise UserError(f"no size estimate for format '{fmt}'", f"use one of bf16, {', '.join(W4_FORMATS)}, gguf")
+    return g, how
+
+
+def vision_budget(vc: dict, max_pixels: int) -> tuple[int, int, str]:
+    """(LM tokens per image, activation bytes to encode one image, formula) at an image budget of `max_pixels`.
+
+    Estimate: the processor resizes to at most max_pixels in blocks of (patch x merge)^2 pixels; N = 4 x tokens
+    patches. Live at once: pixel_values (N x 3*2*16*16 fp32), one vision block (residual, norm, qkv, attention out:
+    6 x hidden, and the MLP's two intermediate tensors, bf16; attention fused (SDPA/flash), no N x N matrix) and the
+    merger + deepstack outputs kept for the LM (tokens x LM width x (1 + deepstack layers), bf16)."""
+    p, m = int(vc["patch_size"]), int(vc.get("spatial_merge_size", 2))
+    f = p * m
+    tokens = max(1, max_pixels // (f * f))
+    n = tokens * m * m
+    h, i = int(vc["hidden_size"]), int(vc["intermediate_size"])
+    pix = n * int(vc.get("in_channels", 3)) * int(vc.get("temporal_patch_size", 2)) * p * p * 4
+    block = n * (6 * h + 2 * i) * 2
+    outs = tokens * int(vc["out_hidden_size"]) * 2 * (1 + len(vc.get("deepstack_visual_indexes") or []))
+    how = (f"estimate: {n} patches: pixels {_gb(pix)} + one block {_gb(block)} + merger/deepstack outputs "
+           f"{_gb(outs)} (fused attention)")
+    return tokens, pix + block + outs, how
+
+
+def prefill_bytes(cfg: dict, tokens: int, logits_rows: int) -> int:
+    """Estimate of one prefill step's live activations: `tokens` x (residual, norm, q/k/v, attention out, gate, up,
+    act: one layer at a time, bf16) + fp32 logits of `logits_rows` positions."""
+    t = _text(cfg)
+    h, i = int(t["hidden_size"]), int(t["intermediate_size"])
+    heads = int(t["num_attention_heads"])
+    hd = int(t.get("head_dim") or h // heads)
+    kv = int(t.get("num_key_value_heads") or heads)
+    per = (3 * h + heads * hd + 2 * kv * hd + 3 * i) * 2
+    return tokens * per + logits_rows * int(t["vocab_size"]) * 4
+
+
+def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) -> dict:
+    """`--max-image-pixels N` for each engine: vLLM flags, and what llama.cpp 0.3.36's server can and cannot do."""
+    f = patch * merge
+    tokens = max(1, max_pixels // (f * f))
+    kwargs = json.dumps({"max_pixels": max_pixels}, separators=(",", ":"))
+    limit = json.dumps({"image": images, "video": 0}, separators=(",", ":"))
+    lo, hi = LLAMACPP_IMAGE_TOKENS
+    return {
+        "max_pixels": max_pixels, "tokens_per_image": tokens, "images_per_prompt": images,
+        "vllm": ["--mm-processor-kwargs", kwargs, "--limit-mm-per-prompt", limit],
+        "llamacpp": (f"image tokens capped at {min(tokens, hi)} (clip.cpp's Qwen-VL default {lo}..{hi} tokens; "
+                     f"mtmd_context_params.image_max_tokens={tokens} would set it, but llama-cpp-python 0.3.36's "
+                     "server has no setting for it: resize pictures to <= "
+                     f"{max_pixels} pixels client-side)"),
+    }
+
+
+# ---------------------------------------------------------------- the plan (pure)
+
+def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] | None = None,
+              gpus: list[GpuInfo] | None = None, device: str = "auto", concurrency: int = 4,
+              max_model_len: int | None = None, max_pixels: int | None = None, images: int = 2,
+              gpu_util: float = GPU_UTIL) -> Plan:
+    """The plan for `s` on `hw`. `weights`: (bytes by group, source) from the artifact's headers; None: estimated
+    from the config and format. `gpus`: the GPUs with capabilities (default: hw.gpus, capability unknown)."""
+    if concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    cfg, text = s.cfg, _text(s.cfg)
+    engine = "llamacpp" if s.fmt.startswith("gguf") else "vllm"
+    gpus = gpus if gpus is not None else [GpuInfo(g.name, g.memory_gib, None) for g in hw.gpus]
+    on_gpu = engine == "vllm" and device != "cpu" and bool(gpus)
+    if weights is None:
+        groups, how = estimate_weights(cfg, s.fmt)
+        wsource = f"estimate from {s.cfg_source}: {how}"
+    else:
+        groups, wsource = weights
+    w = Item(sum(groups.values()), wsource)
+    kv = Item(kv_bytes_per_token(cfg), f"config: {text['num_hidden_layers']} layers x "
+              f"{text.get('num_key_value_heads')} kv heads x {text.get('head_dim')} x 2 (K, V) x 2 B")
+    limit = int(text.get("max_position_embeddings") or 0) or 10**9
+    requested = max_model_len or s.max_model_len or min(limit, 8192)
+    notes: list[str] = []
+
+    image = None
+    vision_act = 0
+    img_tokens = 0
+    vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else None
+    if vc:
+        mp = max_pixels or s.max_pixels or shapes.QWEN3_VL_IMAGE_PIXELS["max_pixels"]
+        src = "--max-image-pixels" if max_pixels else (s.max_pixels_source or "Qwen3-VL preprocessor default")
+        f2 = (int(vc["patch_size"]) * int(vc.get("spatial_merge_size", 2))) ** 2
+        enc = min(mp, LLAMACPP_IMAGE_TOKENS[1] * f2) if engine == "llamacpp" else mp  # clip.cpp's token cap
+        img_tokens, vision_act, vhow = vision_budget(vc, enc)
+        image = {**image_knob(mp, images, int(vc["patch_size"]), int(vc.get("spatial_merge_size", 2))),
+                 "source": src, "activations": Item(vision_act, vhow), "engine_tokens": img_tokens}
+        if img_tokens * images > requested:
+            notes.append(f"{images} images at {mp} pixels take {img_tokens * images} tokens, more than the "
+                         f"{requested}-token context: lower --max-image-pixels")
+
+    gpu_pf = None
+    if on_gpu:
+        g = gpus[0]
+        gpu_pf = gpu_preflight(g)
+        budget = Item(int(g.memory_gib * GIB * gpu_util), f"{g.name}: {g.memory_gib:g} GiB x "
+                      f"--gpu-memory-utilization {gpu_util:g}")
+        overhead = Item(int(VLLM_GPU_BASE), "estimate: CUDA context, workspaces, CUDA graphs")
+        big = g.memory_gib * GIB >= 70 * GIB and "a100" not in g.name.lower()
+        step = 16384 if g.memory_gib * GIB >= 160 * GIB else (8192 if big else 2048)
+        seqs = 1024 if big else 256
+        act = prefill_bytes(cfg, max(step, img_tokens), seqs)
+        acts = Item(act, f"estimate: vLLM's profile step of {max(step, img_tokens)} tokens (one layer live) + "
+                    f"logits of {seqs} sequences")
+        if len(gpus) > 1:
+            notes.append(f"{len(gpus)} GPUs visible: planned for one (tensor parallel divides weights and KV)")
+    else:
+        if engine == "vllm":
+            overhead = Item(int(VLLM_CPU_BASE), "measured: vLLM CPU process tree RSS minus weights and KV space "
+                            "(tiny-vl/tiny-text, reports/cpu-2026-12-01)")
+            step = max(CPU_STEP_TOKENS, img_tokens)
+            act = prefill_bytes(cfg, min(step, max(requested, img_tokens)), concurrency)
+            acts = Item(act, f"estimate: one prefill step of {min(step, max(requested, img_tokens))} tokens "
+                        "(one layer live) + logits")
+        else:
+            overhead = Item(int(LLAMACPP_BASE), "measured: llama.cpp server RSS with a tiny GGUF (reports/cpu-2026-12-01)")
+            act = prefill_bytes(cfg, LLAMACPP_UBATCH, LLAMACPP_UBATCH)
+            acts = Item(act, f"estimate: compute buffer for n_ubatch {LLAMACPP_UBATCH} tokens (logits fp32)")
+            if concurrency > 1:
+                notes.append("llama-cpp-python's server answers one request at a time: one sequence of KV cache")
+                concurrency = 1
+        budget = Item(int(hw.mem_available_gib * GIB), f"/proc/meminfo MemAvailable ({hw.mem_available_gib:g} of "
+                      f"{hw.mem_total_gib:g} GiB)")
+        if device == "cuda" and engine == "llamacpp":
+            notes.append("this project's llama.cpp build runs on the CPU: planned in RAM")
+        if engine == "vllm" and s.fmt in W4_FORMATS and not hw.w4a16_serving[0]:
+            notes.append("serve refuses W4A16 here: " + hw.w4a16_serving[1])
+
+    free = budget.bytes - w.bytes - overhead.bytes - vision_act - acts.bytes
+    cpu_vllm = engine == "vllm" and not on_gpu
+    kv_room = (max(0, free) // GIB) * GIB if cpu_vllm else max(0, free)  # vLLM CPU: KV space in whole GiB
+    max_ctx = min(kv_room // (kv.bytes * concurrency), limit) if kv.bytes else 0
+    status = "no" if max_ctx < MIN_CONTEXT else ("fits" if max_ctx >= requested else "short")
+    ctx = min(requested, max_ctx) if max_ctx >= MIN_CONTEXT else requested  # what the command asks for
+
+    kv_gib = None
+    flag = ""
+    if on_gpu:
+        predicted = Item(budget.bytes, "vLLM sizes its KV cache so that the whole process uses "
+                         "--gpu-memory-utilization x VRAM")
+    elif cpu_vllm:
+        from serve.args import ModelInfo, kv_cache_gib
+
+        info = ModelInfo(location=s.location, served_name=s.name, kv_bytes_per_token=kv.bytes)
+        default = kv_cache_gib(info, hw, ctx)  # what serve sets without --kv-cache-gib (room for 4 sequences)
+        kv_gib = max(1, min(math.ceil(kv.bytes * ctx * concurrency / GIB), kv_room // GIB or 1))
+        if kv_gib != default:
+            flag = f" --kv-cache-gib {kv_gib}"
+            notes.append(f"serve's default KV space for this context would be {default} GiB (at most a quarter of "
+                         f"free RAM): --kv-cache-gib {kv_gib} holds {ctx} tokens x {concurrency} sequences")
+        predicted = Item(w.bytes + overhead.bytes + kv_gib * GIB + acts.bytes + vision_act,
+                         f"weights + overhead + VLLM_CPU_KVCACHE_SPACE {kv_gib} GiB + activations")
+    else:
+        predicted = Item(w.bytes + overhead.bytes + kv.bytes * ctx + acts.bytes + vision_act,
+                         f"weights + overhead + KV for n_ctx {ctx} + compute buffer")
+
+    cmd = f"python -m serve --model {s.name} --max-model-len {ctx}{flag}"
+    if image and max_pixels:
+        cmd += " -- " + " ".join(_q(a) for a in image["vllm"][:2])
+        if images != 2:
+            cmd += " " + " ".join(_q(a) for a in image["vllm"][2:])
+    if on_gpu and gpu_pf and gpu_pf.dtype == "float16":
+        cmd += (" --" if " -- " not in cmd else "") + " --dtype float16"
+    return Plan(s.name, s.fmt, engine, "cuda" if on_gpu else "cpu", w, groups, kv, overhead, acts, budget,
+                concurrency, requested, limit, int(max_ctx), status, predicted, image, kv_gib, cmd, gpu_pf, notes)
+
+
+def _q(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+# ---------------------------------------------------------------- printing
+
+def _gb(b: float) -> str:
+    return f"{b / GB:.2f} GB" if b >= 0.1 * GB else f"{b / 1e6:.1f} MB"
+
+
+def lines(p: Plan, hw: Hardware) -> list[str]:
+    """The plan as text: one number per line with its source."""
+    where = (f"GPU {p.gpu.gpu}" if p.gpu else f"CPU {hw.cpu_model}, {hw.cores} cores") + \
+        f", {hw.mem_total_gib:g} GiB RAM"
+    out = [f"plan: {p.model} ({p.fmt}) on {p.engine} ({p.device}) — {where}"]
+
+    def row(k: str, v: str, src: str = "") -> None:
+        out.append(f"  {k:<18} {v:<14} {src}".rstrip())
+
+    row("weights", _gb(p.weights.bytes), p.weights.source)
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in p.weights_by_group.items() if v)
+    out.append(f"  {'':<18} {'':<14} by part: {parts}")
+    row("KV cache / token", f"{p.kv_per_token.bytes / 1024:.0f} KiB", p.kv_per_token.source)
+    if p.image:
+        im = p.image
+        capped = " (llama.cpp's cap)" if im["engine_tokens"] < im["tokens_per_image"] else ""
+        row("image", f"{im['engine_tokens']} tokens", f"max_pixels {im['max_pixels']} ({im['source']}){capped}; "
+            f"{im['images_per_prompt']} per prompt")
+        row("vision encoder", _gb(im["activations"].bytes), "one image: " + im["activations"].source)
+    row("engine overhead", _gb(p.overhead.bytes), p.overhead.source)
+    row("activations", _gb(p.activations.bytes), p.activations.source)
+    row("budget", _gb(p.budget.bytes), p.budget.source)
+    verdict = {"fits": f"fits: {p.requested_context} tokens requested",
+               "short": f"fits only a short context (< the {p.requested_context} tokens requested)",
+               "no": "does not fit"}[p.status]
+    row("longest context", f"{p.max_context} tok", f"per sequence x {p.concurrency} sequences (model limit "
+        f"{p.context_limit}) = (budget - weights - overhead - image - activations) / (KV/token x sequences)")
+    row("verdict", p.status, verdict)
+    row("predicted memory", _gb(p.predicted.bytes), p.predicted.source)
+    if p.gpu:
+        row("gpu pre-flight", p.gpu.kernel or "none", f"{p.gpu.reason}; dtype {p.gpu.dtype}")
+    if p.image:
+        row("image knob", f"--max-image-pixels {p.image['max_pixels']}", "")
+        out.append(f"  {'':<18} vLLM: {' '.join(_q(a) for a in p.image['vllm'])}")
+        out.append(f"  {'':<18} llama.cpp: {p.image['llamacpp']}")
+    for n in p.notes:
+        out.append(f"  note: {n}")
+    out.append(f"  command: {p.command}")
+    return out
+
+
+# ---------------------------------------------------------------- I/O: what the model is, which GPUs
+
+def _max_pixels_of(folder: Path) -> int | None:
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        try:
+            d = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        d = d.get("image_processor", d) if isinstance(d, dict) else {}
+        size = d.get("size") or {}
+        mp = d.get("max_pixels") or (size.get("longest_edge") if isinstance(size, dict) else None)
+        if isinstance(mp, int):
+            return mp
+    return None
+
+
+def _fmt_of(cfg: dict, folder: Path | None) -> str:
+    from serve.args import info_from_config
+
+    if folder is not None:
+        from quantize.gguf import find_file
+
+        gg = find_file(folder)
+        if gg is not None:
+            n = gg.name.upper()
+            return "gguf-bf16" if "BF16" in n or "F16" in n else ("gguf-q4_0" if "Q4_0" in n else "gguf")
+    info = info_from_config(cfg, location="", served_name="")
+    return {None: "bf16", "auto-round": "autoround", "gptq_marlin": "gptq", "awq_marlin": "awq"}.get(
+        info.quant_method, info.quant_method)
+
+
+def header_weights(folder: Path) -> tuple[dict[str, int], str] | None:
+    """Bytes by group from the artifact's safetensors headers or GGUF tensor table (+ the mmproj file)."""
+    from bench import roofline
+    from quantize.gguf import find_mmproj
+
+    try:
+        w = roofline.weights(folder)
+    except (FileNotFoundError, ValueError):
+        return None
+    groups = dict(w["bytes_by_group"])
+    src = f"header: {w['files']} safetensors file(s)" if "gguf_bytes" not in w else "header: GGUF tensor table"
+    mm = find_mmproj(folder)
+    if "gguf_bytes" in w and mm is not None:
+        groups["vision"] = groups.get("vision", 0) + mm.stat().st_size
+        src += f" + {mm.name} (file size)"
+    return groups, src
+
+
+def subject(name: str) -> Subject:
+    """Resolve `name` without building a real-shape model or downloading: local artifact, catalog (published config
+    from core/shapes.py), folder, or a Hub id whose config.json is in the local Hugging Face cache."""
+    from core import tiny
+    from serve.args import _hub_cached_config, read_config
+
+    v = catalog.VARIANTS.get(name)
+    if v is not None:
+        p = catalog.local_path(name)
+        fam = v.family
+        shape = shapes.FAMILY_SHAPES.get(fam.name)
+        if p is None and shape is None:
+            p = Path(catalog.resolve(name).location)  # a tiny model: built in seconds, or a one-line error
+        if p is not None:
+            return _local(name, p, v)
+        hit = _hub_cached_config(v.hub_id) if v.hub_id else None
+        if hit:
+            cfg, src = read_config(Path(hit).parent), f"cached config.json of {v.hub_id}"
+        else:
+            cfg = shapes.config_dict(shape)
+            src = f"the published {shape} config (core/shapes.py)" + (
+                f"; {v.hub_id} is not downloaded" if v.hub_id else "; not built yet")
+        fmt = "gguf" if v.format.name == "gguf" else v.format.name
+        mp = tiny.IMAGE_PIXELS["max_pixels"] if fam.local_only else None
+        return Subject(name, v.hub_id or f"(not built) {name}", cfg, src, fmt, None, fam.max_model_len, mp,
+                       "the processor core.tiny writes" if mp else "",
+                       fam.base_alias if v.is_quantized else None)
+    p = Path(name).expanduser()
+    if p.exists():
+        r = catalog.resolve(name, build_tiny=False)
+        return _local(name, Path(r.location), r.variant)
+    if catalog.looks_like_hub_id(name):
+        hit = _hub_cached_config(name)
+        if not hit:
+            raise UserError(f"the config.json of '{name}' is not in the local Hugging Face cache",
+                            f"download it (`huggingface-cli download {name} config.json`) or pass a model folder")
+        return _local(name, Path(hit).parent, None, src=f"cached config.json of {name}")
+    catalog.resolve(name, build_tiny=False)  # raises the one-line error for a typo / missing folder
+    raise AssertionError("unreachable")
+
+
+def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
+    from serve.args import read_config
+
+    cfg = read_config(folder)
+    mp = _max_pixels_of(folder)
+    return Subject(name, str(folder), cfg, src or f"config.json of {folder}", _fmt_of(cfg, folder), folder,
+                   v.family.max_model_len if v else None, mp, "the artifact's preprocessor_config.json" if mp else "",
+                   v.family.base_alias if v is not None and v.is_quantized else None)
+
+
+def gpu_list(hw: Hardware) -> list[GpuInfo]:
+    """The visible GPUs with their compute capability (nvidia-smi's compute_cap; unknown where it has none)."""
+    if not hw.has_gpu:
+        return []
+    exe = shutil.which("nvidia-smi")
+    text = ""
+    if exe:
+        try:
+            text = subprocess.run([exe, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+    found = parse_nvidia_smi(text)
+    by_name = {g.name: g.capability for g in found}
+    return [GpuInfo(g.name, g.memory_gib, by_name.get(g.name)) for g in hw.gpus]
+
+
+# ---------------------------------------------------------------- command line
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serve --plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", nargs="?", const="", default="", metavar="MODEL", help="alias, folder or Hub id")
+    p.add_argument("--model", default=None, help="the model (instead of --plan MODEL)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context wanted (default: the catalog's)")
+    p.add_argument("--concurrency", type=int, default=4, help="sequences at full length at once (default 4)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="image budget per image in pixels (default: the model's processor)")
+    p.add_argument("--images-per-prompt", type=int, default=2, help="vLLM's --limit-mm-per-prompt image count")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--gpu", default=None, metavar='"NAME, MiB, X.Y"',
+                   help="plan for this GPU (nvidia-smi's name,memory.total,compute_cap line), e.g. \"Tesla T4, 15360, "
+                        "7.5\"")
+    p.add_argument("--gpu-memory-utilization", type=float, default=GPU_UTIL)
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    import dataclasses
+
+    from core.hardware import Gpu, detect
+
+    args = parser().parse_args(argv)
+    name = args.plan or args.model
+    if not name:
+        raise UserError("--plan needs a model", "python -m serve --plan ALIAS|FOLDER|HUB_ID")
+    hw = detect()
+    gpus = None
+    if args.gpu:
+        gpus = parse_nvidia_smi(args.gpu)
+        if not gpus:
+            raise UserError(f"--gpu '{args.gpu}' is not 'NAME, MiB, X.Y'", 'e.g. --gpu "NVIDIA L4, 23034, 8.9"')
+        hw = dataclasses.replace(hw, gpus=tuple(Gpu(g.name, g.memory_gib) for g in gpus))
+    elif args.device == "cuda" and not hw.has_gpu:
+        raise UserError("--device cuda: no NVIDIA GPU is visible here", 'plan one with --gpu "NAME, MiB, X.Y"')
+    elif args.device != "cpu":
+        gpus = gpu_list(hw)
+    s = subject(name)
+    weights = header_weights(s.folder) if s.folder is not None else None
+    p = make_plan(s, hw, weights=weights, gpus=gpus if args.device != "cpu" else [], device=args.device,
+                  concurrency=args.concurrency, max_model_len=args.max_model_len, max_pixels=args.max_image_pixels,
+                  images=args.images_per_prompt, gpu_util=args.gpu_memory_utilization)
+    print("\n".join(lines(p, hw)), flush=True)
+    if p.gpu and s.fmt in W4_FORMATS and (refusal := preflight_refusal(p.gpu, s.name, s.bf16_alias)):
+        raise refusal
+    return 0
+
+
+if __name__ == "__main__":
+    from core.errors import run_cli
+
+    run_cli(lambda a: main(sys.argv[1:] if a is None else a))
