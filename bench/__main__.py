@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.doctor:
-        from core.doctor import report
+        import serve
 
-        return report()
+        return serve.doctor()
     if args.render:
         return render_only(args)
     if args.gpu_check:

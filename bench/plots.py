@@ -10,8 +10,9 @@ def _ok(report: dict) -> list[dict]:
     return [v for v in report.get("variants", []) if v.get("status") == "ok"]
 
 
-def make_plots(report: dict, out_dir: Path) -> list[str]:
-    """Write the PNGs into out_dir; returns their file names (relative, for report.md)."""
+def make_plots(report: dict, out_dir: Path, memory: tuple[str, str]) -> list[str]:
+    """Write the PNGs into out_dir; returns their file names (relative, for report.md). `report["derived"]` is
+    bench.report.derive's; `memory`: (row key, label) of the memory column bench.report chose."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,10 +71,8 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
     written.append("latency.png")
 
     # 3. memory bars: weights on disk, bytes read per token, resident/device peak
-    from bench.report import derive, memory_column
-
-    mem_key, mem_label = memory_column(report)
-    rows = {r["alias"]: r for r in derive(report)["rows"]}
+    mem_key, mem_label = memory
+    rows = {r["alias"]: r for r in report["derived"]["rows"]}
     series = [("weights on disk", lambda v: (v.get("disk") or {}).get("weights_bytes")),
               ("read per decoded token", lambda v: (v.get("weights") or {}).get("bytes_per_token")),
               (mem_label.replace(" GB", ""), lambda v: rows.get(v["alias"], {}).get(mem_key))]

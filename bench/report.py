@@ -319,7 +319,7 @@ def write(report: dict, out: Path, overwrite: bool = False, plots: bool = True) 
         if plots:
             from bench.plots import make_plots
 
-            report["plots"] = make_plots(report, tmp)
+            report["plots"] = make_plots(report, tmp, memory_column(report))
         (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (tmp / "report.md").write_text(render_md(report))
         for f in [tmp, *tmp.iterdir()]:

@@ -89,7 +89,7 @@ def gguf_weights(path: Path) -> dict:
 def weights(model_dir: str | Path) -> dict:
     """Bytes by group and dtype from the safetensors headers (or a GGUF's tensor table), and bytes read per
     decoded token."""
-    from quantize.gguf import find_file as find_gguf
+    from core.artifact import gguf_file as find_gguf
 
     d = Path(model_dir)
     files = sorted(d.glob("*.safetensors"))

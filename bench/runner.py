@@ -19,6 +19,7 @@ from bench import memory, quality, roofline, workload
 from bench.engines import VariantFailed, make as make_engine, one_line
 from bench.metrics import summarize
 from core import catalog
+from core.artifact import gguf_file, is_gguf
 from core.errors import UserError
 from core.hardware import detect, versions
 
@@ -100,8 +101,8 @@ def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
         return not v.is_quantized
     from quantize import gguf
 
-    if gguf.is_gguf(location):  # a GGUF folder carries its base's config: its decoder weights' type decides
-        return gguf.is_16bit(gguf.find_file(Path(location)))
+    if is_gguf(location):  # a GGUF folder carries its base's config: its decoder weights' type decides
+        return gguf.is_16bit(gguf_file(Path(location)))
     try:
         cfg = json.loads((Path(location) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -120,8 +121,6 @@ def _modality(location: str | None, v: catalog.Variant | None) -> str:
 
 
 def _quant_method(location: str | None) -> str | None:
-    from quantize.gguf import is_gguf
-
     if is_gguf(location):
         return "gguf"
     try:

@@ -45,6 +45,15 @@ FORMATS: dict[str, Format] = {
 QUANT_FORMATS = [n for n, f in FORMATS.items() if f.suffix]
 
 
+def format_of_quant_method(method: str | None) -> str:
+    """Our format name for a config's `quantization_config.quant_method` (None: the 16-bit base)."""
+    m = (method or "").lower().replace("_", "-")
+    for f in FORMATS.values():
+        if f.quant_method and f.quant_method == m:
+            return f.name
+    return "bf16" if not m else m
+
+
 @dataclass(frozen=True)
 class Family:
     """One 16-bit base model and its published quantized variants."""
@@ -209,7 +218,7 @@ def resolve(name: str, build_tiny: bool = True) -> Resolved:
         if p is None and build_tiny and v.family.local_only and not v.is_quantized:
             from core import tiny
 
-            p = tiny.ensure(name)
+            p = tiny.ensure(name, artifact_root())
         if p is not None:
             return Resolved(name, "local", str(p), v)
         if v.hub_id:

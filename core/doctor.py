@@ -8,9 +8,12 @@ import sys
 from core import catalog
 from core.hardware import detect, versions, vllm_version
 
+Row = tuple[str, bool | None, str]
 
-def checks() -> list[tuple[str, bool | None, str]]:
-    """(what, ok, detail) rows; ok None = informational."""
+
+def checks(extra: list[Row] | None = None) -> list[Row]:
+    """(what, ok, detail) rows; ok None = informational. `extra`: rows of the layers above (serve's engines),
+    shown before the quantize row."""
     hw = detect()
     v = versions()
     rows: list[tuple[str, bool | None, str]] = []
@@ -43,18 +46,14 @@ def checks() -> list[tuple[str, bool | None, str]]:
     big = hw.mem_total_gib >= 40 or any(g.memory_gib >= 20 for g in hw.gpus)
     rows.append(("real 8B VL models", big if hw.has_gpu else None,
                  "fits" if big else "needs a GPU with >= 24 GB, or >= 40 GB RAM on CPU (slow); tiny models work everywhere"))
-    try:
-        from serve.engine import doctor_rows
-        rows += doctor_rows(hw)
-    except ImportError:
-        pass
+    rows += extra or []
     rows.append(("quantize", v["auto-round"] is not None,
                  "AutoRound on " + ("GPU" if hw.has_gpu else "CPU (tiny models: seconds; real 8B: hours)")))
     return rows
 
 
-def report(as_json: bool = False) -> int:
-    rows = checks()
+def report(as_json: bool = False, extra: list[Row] | None = None) -> int:
+    rows = checks(extra)
     if as_json:
         print(json.dumps({"checks": [{"what": w, "ok": ok, "detail": d} for w, ok, d in rows],
                           "hardware": detect().as_dict(), "versions": versions()}, indent=2))

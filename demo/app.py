@@ -241,21 +241,22 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> gr.Blo
             def frame(box_update, status_html, chats_now, hist_now):
                 return (box_update, status_html, hist_now, *chats_now)
 
+            def refusal(box_update, status_html):  # nothing sent: the conversation is not re-sent to the page
+                return (box_update, status_html, gr.skip(), *(gr.skip() for _ in targets))
+
             if not text and not files:
-                yield frame(keep_box, _status_html([("error: the message is empty — type a question, "
-                                                     "attach an image, or both")]), chat_values, hist)
+                yield refusal(keep_box, _status_html([("error: the message is empty — type a question, "
+                                                       "attach an image, or both")]))
                 return
             parts, ok_files, errors = load_images(files, settings)
             if errors:  # nothing is sent; the good files and the text stay in the box
-                yield frame(gr.MultimodalTextbox(value={"text": msg.get("text") or "", "files": ok_files},
-                                                 interactive=True),
-                            _status_html(errors), chat_values, hist)
+                yield refusal(gr.MultimodalTextbox(value={"text": msg.get("text") or "", "files": ok_files},
+                                                   interactive=True), _status_html(errors))
                 return
             refused = [t.label for t in targets if parts and not t.accepts_images]
             if refused:
-                yield frame(keep_box, _status_html([(f"error: {', '.join(refused)} is a text-only model — "
-                                                     "send text only, or start the demo with a VL model")]),
-                            chat_values, hist)
+                yield refusal(keep_box, _status_html([(f"error: {', '.join(refused)} is a text-only model — "
+                                                       "send text only, or start the demo with a VL model")]))
                 return
             question = text or DEFAULT_QUESTION
             user = {"role": "user", "content": [*parts, {"type": "text", "text": question}]} if parts \

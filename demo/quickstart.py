@@ -1,7 +1,7 @@
 """`make run`: the whole chain on the embedded tiny default, offline, in a few minutes.
 
 1. build the tiny Qwen3-VL model (core.tiny), 2. quantize it to W4A16 with AutoRound (autoround, gptq, awq),
-3. serve a variant with vLLM's OpenAI server, 4. send one image chat through the openai client,
+3. serve a variant (serve.start: vLLM's OpenAI server, or llama.cpp's where `--engine auto` picks it), 4. send one image chat through the openai client,
 5. print the answer and its speed, 6. stop the server.
 
 On a CPU without vLLM's W4A16 kernel (no AVX-512, no GPU) step 3 serves the 16-bit tiny model instead and
@@ -17,6 +17,7 @@ from core import catalog
 from core.cli import add_common
 from core.errors import run_cli
 from core.hardware import detect
+from serve.engine import ENGINES
 
 BASE = "tiny-vl"
 FORMATS = ["autoround", "gptq", "awq"]
@@ -46,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="re-quantize even if the artifacts exist")
     p.add_argument("--recipe", default="light", help="quantize recipe (default: light)")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--engine", choices=ENGINES, default="auto", help="as `python -m serve --engine` (default auto)")
     add_common(p)
     args = p.parse_args(argv)
     if args.doctor:
-        from core.doctor import report
-        return report()
+        import serve
+
+        return serve.doctor()
     t_all = time.time()
     hw = detect()
 
@@ -75,21 +78,20 @@ def main(argv: list[str] | None = None) -> int:
             alias = catalog.quantized_alias(BASE, f)
             print(f"  {alias:<20} {catalog.local_path(alias) or 'missing'}")
 
-    _step(3, "serve with vLLM's OpenAI-compatible server")
+    _step(3, "serve it with an OpenAI-compatible server")
     ok, why = hw.w4a16_serving
     alias = catalog.quantized_alias(BASE, "gptq") if ok and catalog.local_path(
         catalog.quantized_alias(BASE, "gptq")) else BASE
     if alias == BASE:
         print(f"serving the 16-bit {BASE}: W4A16 cannot be served by vLLM on this machine ({why})" if not ok
               else f"serving the 16-bit {BASE}")
-    try:
-        from serve.client import chat, image_part, user_message
-        from serve.server import start_server
-    except ImportError as e:
-        print(f"serve is not available yet ({e}); stopping here")
-        return 0
+    import serve
+    from serve.client import chat, image_part, user_message
+
     t = time.time()
-    with start_server(alias) as srv:
+    lp = serve.plan(alias, args.engine, hw=hw)
+    print(f"engine: {lp.engine} — {lp.reason}")
+    with serve.launch(lp) as srv:
         print(f"{alias} ready at {srv.base_url} in {time.time() - t:.0f} s (log: {srv.log_path})")
 
         _step(4, "one image chat through the openai client")

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from core import catalog
+from core.artifact import REPORT_FILE
 from core.errors import UserError
-from quantize import calibration, card, export, layout, lint, recipes, verify
+from quantize import calibration, card, export, layout, lint, recipes, source, verify
 from quantize.export import log
 from quantize.recipes import Recipe
 
-REPORT_FILE = "quantization_report.json"
 DEFAULT_FORMATS = ["autoround", "gptq", "awq"]
 
 
@@ -47,63 +47,13 @@ def parse_formats(formats) -> list[str]:
     return out
 
 
-def _dest_alias(resolved: catalog.Resolved, fmt: str) -> str:
-    if resolved.variant is not None:
-        return catalog.quantized_alias(resolved.variant.alias, fmt)
-    stem = Path(resolved.location).name if resolved.source == "local" else resolved.location.split("/")[-1]
-    return f"{stem}-{catalog.FORMATS[fmt].suffix}"
-
-
-def _check_base(resolved: catalog.Resolved) -> tuple[dict | None, str, str]:
-    """(config, architecture, modality) of the base; user errors for what cannot be quantized."""
-    if resolved.variant is not None and resolved.variant.is_quantized:
-        raise UserError(f"'{resolved.name}' is already a quantized variant",
-                        f"quantize its 16-bit base instead: --model {resolved.variant.family.base_alias}")
-    if resolved.source == "local":
-        cfg = layout.read_config(resolved.path)
-        if cfg.get("quantization_config"):
-            raise UserError(f"{resolved.location} is already quantized "
-                            f"({cfg['quantization_config'].get('quant_method')})", "pass a 16-bit base model")
-        arch, modality = layout.modality_of(cfg)
-        layout.tensor_shapes(resolved.path)  # headers readable (corrupt or truncated files fail here)
-        return cfg, arch, modality
-    if resolved.variant is not None:
-        return None, resolved.variant.family.architecture, resolved.variant.modality
-    try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(resolved.location).to_dict()
-    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated ...
-        raise UserError(f"cannot read the config of Hub model {resolved.location} ({type(e).__name__})",
-                        "check the id and the network (HF_HUB_OFFLINE=1 blocks downloads), or pass a local folder") \
-            from None
-    arch, modality = layout.modality_of(cfg)
-    return cfg, arch, modality
-
-
-def _base_folder(resolved: catalog.Resolved) -> Path:
-    if resolved.source == "local":
-        return resolved.path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(resolved.location, local_files_only=_offline()))
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot download {resolved.location} ({type(e).__name__})",
-                        "check the Hub id and the network, or pass a local folder") from None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def _push_preflight(repo: str | None, formats: list[str]) -> dict[str, str]:
     """Fail before any tuning when pushing cannot work. Returns {format: repo id}."""
     if not repo:
         return {}
     if not catalog.looks_like_hub_id(repo):
         raise UserError(f"--push-to-hub needs a Hub repo id like org/name, got '{repo}'", "e.g. --push-to-hub me/model")
-    if _offline():
+    if source.offline():
         raise UserError("--push-to-hub needs the network but HF_HUB_OFFLINE is set",
                         "unset HF_HUB_OFFLINE and log in with `hf auth login`, or leave --push-to-hub out")
     from huggingface_hub import HfApi, get_token
@@ -256,9 +206,9 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
 
     # ---- the base model
     resolved = catalog.resolve(model)
-    cfg, arch, modality = _check_base(resolved)
+    cfg, arch, modality = source.check_base(resolved)
     dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
-    aliases = {f: _dest_alias(resolved, f) for f in fmts}
+    aliases = {f: source.dest_alias(resolved, f) for f in fmts}
     dests = {f: dest_parent / a for f, a in aliases.items()}
     existing = [str(d) for d in dests.values() if d.exists()]
     if existing and not overwrite:
@@ -290,7 +240,7 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
                 from None
         raise UserError(f"cannot load the tokenizer of {resolved.location} ({type(e).__name__})",
                         "the model folder needs tokenizer.json / tokenizer_config.json") from None
-    if dataset is None and not local_corpus and _offline():
+    if dataset is None and not local_corpus and source.offline():
         raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) needs the "
                         "network but HF_HUB_OFFLINE is set", "pass --dataset with a local .txt/.jsonl/.json file")
     cal = calibration.prepare(dataset, tokenizer=tok, nsamples=rec.nsamples, seqlen=rec.seqlen,
@@ -335,7 +285,7 @@ def _quantize(model: str, formats: list[str] | str = DEFAULT_FORMATS, recipe: st
                                 "check the Hub id and the network, or pass a local folder") from None
             raise
         lay: layout.Layout = holder["layout"]
-        base_dir = _base_folder(resolved)
+        base_dir = source.base_folder(resolved)
         base_dtype = (cfg or {}).get("dtype") or (cfg or {}).get("torch_dtype") or "bfloat16"
         if base_dtype not in ("bfloat16", "float16"):
             base_dtype = "bfloat16"

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import catalog
+from core.artifact import MMPROJ_PREFIX, REPORT_FILE, gguf_file, mmproj_file
 from core.errors import UserError
 from core.llamacpp_build import check_runs
 from quantize.layout import Layout
-from quantize.lint import Problem, _err, _warn
+from quantize.problems import Problem, error as _err, warning as _warn
 from quantize.recipes import Recipe
 
 GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
@@ -46,7 +47,7 @@ LINEAR_TYPES = {"q4_0": {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q6_K"},
 MAIN_TYPE = {"q4_0": "Q4_0", "q4_k_m": "Q4_K", "bf16": "BF16"}
 LINEAR_LEAVES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 GGUF_ARCH = {catalog.TEXT_ARCH: "qwen3", catalog.VL_ARCH: "qwen3vl"}
-MMPROJ_PREFIX = "mmproj-"
+
 PROJECTOR_TYPE = {catalog.VL_ARCH: "qwen3vl_merger"}  # clip.projector_type llama.cpp's mtmd expects
 MMPROJ_FILE_TYPE = 1  # MOSTLY_F16 (norms and biases stay F32)
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -71,29 +72,6 @@ def parse_type(t: str | None) -> str:
 
 def dest_alias(base_alias: str, gguf_type: str) -> str:
     return base_alias + ("-bf16" if gguf_type == "bf16" else "")
-
-
-def find_file(folder: Path) -> Path | None:
-    """The language model's .gguf in an artifact folder (not the vision projector `mmproj-*.gguf`)."""
-    folder = Path(folder)
-    if folder.is_file():
-        return folder if folder.suffix == ".gguf" and not folder.name.startswith(MMPROJ_PREFIX) else None
-    files = sorted((p for p in folder.glob("*.gguf") if not p.name.startswith(MMPROJ_PREFIX)),
-                   key=lambda p: p.stat().st_size, reverse=True) if folder.is_dir() else []
-    return files[0] if files else None
-
-
-def find_mmproj(folder: Path) -> Path | None:
-    """The vision projector (`mmproj-*.gguf`) of a VL artifact folder, or beside a .gguf file; None for text."""
-    folder = Path(folder)
-    if folder.is_file():
-        folder = folder.parent
-    files = sorted(folder.glob(MMPROJ_PREFIX + "*.gguf")) if folder.is_dir() else []
-    return files[0] if files else None
-
-
-def is_gguf(location: str | Path | None) -> bool:
-    return location is not None and find_file(Path(location)) is not None
 
 
 # ---------------------------------------------------------------- reading a file
@@ -241,7 +219,7 @@ def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: b
     folder = Path(folder)
     vl = architecture in PROJECTOR_TYPE
     probs = check_files({p.name for p in folder.iterdir() if p.is_file()}, require_card, vl=vl)
-    f = find_file(folder)
+    f = gguf_file(folder)
     if f is None:
         return probs
     try:
@@ -249,7 +227,7 @@ def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: b
     except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
         return probs + [_err("gguf", f"{f.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})")]
     probs += check_header(h, gguf_type, architecture)
-    m = find_mmproj(folder) if vl else None
+    m = mmproj_file(folder) if vl else None
     if m is not None:
         try:
             probs += check_mmproj(read_header(m), h, architecture)
@@ -404,7 +382,7 @@ def export(model: str, gguf_type: str | None = None, recipe="default", **overrid
 
 def prepare(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Job:
     """Every check that needs no tuning (options, base model, destination, converter); writes nothing."""
-    from quantize import api, calibration, layout, recipes
+    from quantize import calibration, layout, recipes, source
 
     t_start = time.time()
     gtype = parse_type(gguf_type)
@@ -430,17 +408,17 @@ def prepare(model: str, gguf_type: str | None = None, recipe="default", **overri
         raise UserError(f"calibration dataset not found: {dataset}", "pass a local .txt, .jsonl or .json file")
 
     resolved = catalog.resolve(model)
-    _, arch, modality = api._check_base(resolved)
+    _, arch, modality = source.check_base(resolved)
     if arch not in GGUF_ARCH:
         raise UserError(f"GGUF export supports Qwen3 and Qwen3-VL models, not {arch}",
                         "export this model with --formats autoround,gptq,awq and serve it with vLLM")
     dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
-    alias = dest_alias(api._dest_alias(resolved, "gguf"), gtype)
+    alias = dest_alias(source.dest_alias(resolved, "gguf"), gtype)
     dest = dest_parent / alias
     if dest.exists() and not overwrite:
         raise UserError(f"output exists: {dest}", "pass --overwrite to replace it (kept until the new one is complete "
                         "and verified), or choose --output")
-    base_dir = api._base_folder(resolved)
+    base_dir = source.base_folder(resolved)
     if not debug:
         os.environ.setdefault("AR_LOG_LEVEL", "ERROR")  # before AutoRound loads; --debug shows its log
     _conversion(base_dir)  # fail before any tuning when gguf-py does not fit
@@ -452,7 +430,7 @@ def prepare(model: str, gguf_type: str | None = None, recipe="default", **overri
     fname = f"{stem}-{gtype.upper()}.gguf"
     local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
         bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
-    if gtype != "bf16" and dataset is None and not local_corpus and api._offline():
+    if gtype != "bf16" and dataset is None and not local_corpus and source.offline():
         raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) "
                         "needs the network but HF_HUB_OFFLINE is set",
                         "pass --dataset with a local .txt/.jsonl/.json file")
@@ -465,7 +443,7 @@ def prepare(model: str, gguf_type: str | None = None, recipe="default", **overri
 def build(job: Job, st) -> Path:
     """Write, lint, verify and document the artifact inside `st` (an export.Staging); returns its staged folder.
     Placing it is the caller's (nothing is placed when this raises)."""
-    from quantize import api, calibration, card, export as exp, recipes, verify
+    from quantize import calibration, card, export as exp, recipes, verify
 
     resolved, arch, modality, gtype, rec = job.resolved, job.arch, job.modality, job.gtype, job.rec
     base_dir, lay, stem, fname, alias, dest = job.base_dir, job.lay, job.stem, job.fname, job.alias, job.dest
@@ -559,7 +537,7 @@ def build(job: Job, st) -> Path:
         "path": str(dest), "max_model_len": resolved.variant.family.max_model_len if resolved.variant else 8192,
         "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (folder / api.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     (folder / "README.md").write_text(card.render_gguf(report))
     errs = [p for p in check_files({p.name for p in folder.iterdir()}, require_card=True, vl=mmproj is not None)
             if p.level == "error"]

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from quantize.problems import Problem, error, warning
 from quantize.recipes import BITS, GROUP_SIZE
 
 FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
@@ -34,22 +35,7 @@ CPU_TILE = 32  # vLLM CPU cpu_gemm_wna16 works on 32-wide tiles
 MARLIN_N, MARLIN_K = 64, 128
 
 
-@dataclass(frozen=True)
-class Problem:
-    level: str  # "error" or "warning"
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.level}: [{self.rule}] {self.message}"
-
-
-def _err(rule, msg) -> Problem:
-    return Problem("error", rule, msg)
-
-
-def _warn(rule, msg) -> Problem:
-    return Problem("warning", rule, msg)
+_err, _warn = error, warning  # this module's short spellings
 
 
 # ---------------------------------------------------------------- names

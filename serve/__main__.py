@@ -16,8 +16,8 @@ import time
 
 from core.cli import add_common, print_catalog
 from core.errors import UserError, run_cli
-from core.llamacpp_build import check_runs
-from serve.args import API_KEY_ENV, CPU_INT4_PATHS, VLLM_PYTHON_ENV, cpu_int4_line
+from serve.args import API_KEY_ENV, CPU_INT4_PATHS, VLLM_PYTHON_ENV
+from serve.engine import ENGINES
 
 EPILOG = f"""examples:
   python -m serve --model tiny-vl                       # a local tiny VL model on 127.0.0.1:8000
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="alias (see --list), model folder, Hub id, or .gguf file")
-    p.add_argument("--engine", choices=("auto", "vllm", "llamacpp"), default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto (default): llama.cpp for GGUF, and for a local GGUF variant on CPUs without AMX; "
                         "else vLLM")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the usable cores)")
@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     if any(a == "--plan" or a.startswith("--plan=") for a in argv) and "--doctor" not in argv:
-        from serve.plan import main as plan_main
+        from serve.fit import main as plan_main
         return plan_main(argv)
     args = parser().parse_args(argv)
     if args.doctor:
-        from core.doctor import report
-        return report()
+        import serve
+        return serve.doctor()
     if args.list:
         print_catalog()
         return 0
@@ -119,44 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--model is required",
                         "pass an alias (see `python -m serve --list`), a model folder or a Hub id")
 
-    from serve import engine as E, server as S
+    import serve
+    from serve.engines import get
+    from serve.process import ServerError
 
     hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
-    choice = E.decide(args.model, hw, args.engine)
-    if choice.engine == "llamacpp":
-        from serve import llamacpp as L
-
-        lp = L.plan(choice.model or args.model, host=args.host, port=args.port or None, api_key=args.api_key,
+    lp = serve.plan(args.model, args.engine, hw=hw, host=args.host, port=args.port or None, api_key=args.api_key,
                     max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
-                    n_threads=args.threads, hw=hw)
-        launch = L.launch
-    else:
-        lp = S.plan(args.model, host=args.host, port=args.port or None, api_key=args.api_key,
-                    max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
-                    engine_python=args.vllm_python, force=args.force,
-                    tensor_parallel_size=args.tensor_parallel_size,
+                    python=args.vllm_python, force=args.force, tensor_parallel_size=args.tensor_parallel_size,
                     pipeline_parallel_size=args.pipeline_parallel_size,
                     distributed_backend=args.distributed_executor_backend,
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-                    enforce_eager=args.enforce_eager, cpu_int4=args.cpu_int4, hw=hw)
-        launch = S.launch
+                    enforce_eager=args.enforce_eager, cpu_int4=args.cpu_int4, n_threads=args.threads)
     # the engine line goes to stderr after every check: a refused start prints one error line and nothing else,
     # and stdout starts with the exact command
-    kernel = None if choice.engine == "llamacpp" else cpu_int4_line(lp.info, lp.hw, lp.opts.cpu_int4)
     if not args.dry_run:
-        if choice.engine == "llamacpp":
-            S.check_port_free(lp.host, lp.port)
-            L.check_engine(lp.argv[0])
-            check_runs(lp.model.file, lp.argv[0])
-        else:
-            S.preflight(lp)
-    print(f"engine: {choice.engine} — {choice.reason}", file=sys.stderr, flush=True)
-    if kernel:
-        print(kernel, file=sys.stderr, flush=True)
-    if args.dry_run:
-        print(f"$ {lp.command}", flush=True)
-        return 0
+        get(lp.engine).preflight(lp)
+    print(f"engine: {lp.engine} — {lp.reason}", file=sys.stderr, flush=True)
+    for note in lp.notes:
+        print(note, file=sys.stderr, flush=True)
     print(f"$ {lp.command}", flush=True)
+    if args.dry_run:
+        return 0
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
@@ -164,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         try:
-            srv = launch(lp, timeout_s=args.timeout, checks=False)
-        except S.ServerError as e:
+            srv = serve.launch(lp, timeout_s=args.timeout, checks=False)
+        except ServerError as e:
             _print_tail(e.tail)
             raise
         print(f"log: {srv.log_path}", flush=True)
@@ -177,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         cause, todo = srv.failure()
         _print_tail(srv.log_tail())
-        raise UserError(f"{'llama.cpp' if choice.engine == 'llamacpp' else 'vLLM'} exited (code "
+        raise UserError(f"{get(lp.engine).LABEL} exited (code "
                         f"{srv.proc.returncode}) while serving '{srv.model}': {cause}",
                         f"{todo}; full log: {srv.log_path}", exit_code=1)
     except (KeyboardInterrupt, _Stop) as e:

@@ -71,6 +71,9 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """Every serve option of every engine, gathered once (serve.options() builds it from keywords, the CLI from
+    its flags); each engine reads the fields it has a use for."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -83,10 +86,11 @@ class ServeOptions:
     kv_cache_gib: int | None = None  # CPU KV cache (GiB); None: sized from the model and free RAM
     enforce_eager: bool | None = None  # None: on for CPU, off for GPU
     images_per_prompt: int = 2
-    python: str = "python"  # the interpreter that has vLLM
+    python: str | None = None  # the interpreter that has vLLM (None: $QWEN_W4_VLLM_PYTHON, else this one)
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # after `--`, passed verbatim
     force: bool = False  # start even where a known limitation says it will fail
     cpu_int4: str = "auto"  # CPU W4A16 kernel path: auto | w4a8 | w4a16 (see cpu_int4)
+    n_threads: int | None = None  # llama.cpp threads (None: the usable cores)
 
 
 # ---------------------------------------------------------------- reading a checkpoint
@@ -105,7 +109,7 @@ def read_config(folder: str | Path) -> dict:
     return cfg
 
 
-def _hub_cached_config(repo_id: str) -> str | None:
+def hub_cached_config(repo_id: str) -> str | None:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -127,7 +131,7 @@ def model_info(resolved: Resolved) -> ModelInfo:
     if resolved.source == "local":
         cfg_path = resolved.location
     else:
-        hit = _hub_cached_config(resolved.location)
+        hit = hub_cached_config(resolved.location)
         if hit:
             cfg_path = Path(hit).parent
             base["hub_cached"] = True
@@ -160,7 +164,7 @@ def info_from_config(cfg: dict, **base) -> ModelInfo:
         bits = int(bits) if isinstance(bits, (int, float, str)) and str(bits).isdigit() else None
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
     return ModelInfo(**base, modality=modality, architecture=arch, quant_method=method, bits=bits,
-                     dtype=str(dtype) if dtype else None, kv_bytes_per_token=_kv_bytes_per_token(text))
+                     dtype=str(dtype) if dtype else None, kv_bytes_per_token=kv_bytes_per_token(text))
 
 
 def _compressed_tensors_bits(qc: dict) -> int | None:
@@ -176,7 +180,7 @@ def _compressed_tensors_bits(qc: dict) -> int | None:
     return None
 
 
-def _kv_bytes_per_token(text: dict) -> int | None:
+def kv_bytes_per_token(text: dict) -> int | None:
     try:
         layers = int(text["num_hidden_layers"])
         heads = int(text.get("num_attention_heads") or 0)
@@ -294,7 +298,10 @@ def _eager(opts: ServeOptions, hw: Hardware) -> bool:
 
 def _dtype(info: ModelInfo, hw: Hardware) -> str:
     """bf16 for Qwen3 (trained in bf16; AutoRound's GPTQ/AWQ exports write float16 only by convention,
-    and vLLM's W4A16 kernels take bf16 activations) and always on CPU (its tested path); else the config's."""
+    and vLLM's W4A16 kernels take bf16 activations) and always on CPU (its tested path); else the config's.
+    float16 on a GPU below compute capability 8.0 (no bf16 there: T4, V100)."""
+    if hw.has_gpu and any(g.capability is not None and g.capability < (8, 0) for g in hw.gpus):
+        return "float16"
     if not hw.has_gpu or info.architecture in QWEN_ARCHS or info.dtype == "bfloat16":
         return "bfloat16"
     return "auto"
@@ -333,7 +340,7 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
         raise refusal
     max_len = opts.max_model_len or info.max_model_len
 
-    argv = [opts.python, "-m", SERVER_MODULE,
+    argv = [opts.python or "python", "-m", SERVER_MODULE,
             "--model", info.location,
             "--served-model-name", opts.served_name or info.served_name,
             "--host", opts.host, "--port", str(opts.port),

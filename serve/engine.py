@@ -23,8 +23,9 @@ from pathlib import Path
 from core import catalog
 from core.errors import UserError
 from core.hardware import Hardware
+from serve.engines import REGISTRY
 
-ENGINES = ("auto", "vllm", "llamacpp")
+ENGINES = ("auto", *REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,20 @@ class Choice:
 
 
 def _find_gguf(location: str | Path | None) -> Path | None:
-    from quantize.gguf import find_file
+    from core.artifact import gguf_file
 
-    return find_file(Path(location)) if location else None
+    return gguf_file(Path(location)) if location else None
 
 
 def gguf_variant_path(family_base_alias: str, bf16: bool, root: Path | None = None) -> Path | None:
     """The local GGUF artifact of a family (4-bit `<family>-gguf`, or `<family>-gguf-bf16`), if there is one (for a
     VL family: with its vision projector)."""
-    from quantize.gguf import find_mmproj
+    from core.artifact import mmproj_file
 
     fam = catalog.variant(family_base_alias).family
     alias = catalog.quantized_alias(fam.base_alias, "gguf") + ("-bf16" if bf16 else "")
     folder = (root or catalog.artifact_root()) / alias
-    if _find_gguf(folder) is None or (fam.modality == "vl" and find_mmproj(folder) is None):
+    if _find_gguf(folder) is None or (fam.modality == "vl" and mmproj_file(folder) is None):
         return None
     return folder
 
@@ -75,10 +76,7 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
     """The engine for `resolved` on `hw`. `find_variant(base_alias, bf16)` looks up the family's local GGUF
     variant (default: the artifact root); `llamacpp_ok` whether llama-cpp-python is installed (default: looked up).
     Raises UserError when the requested engine cannot serve the model."""
-    req = (requested or "auto").lower().replace("-", "").replace(".", "").replace("_", "")
-    req = {"llama": "llamacpp", "llamacppserver": "llamacpp"}.get(req, req)
-    if req not in ENGINES:
-        raise UserError(f"unknown engine '{requested}'", f"use --engine {'|'.join(ENGINES)}")
+    req = _engine_name(requested)
     ok = llamacpp_installed() if llamacpp_ok is None else llamacpp_ok
     v = resolved.variant
     name = resolved.name
@@ -129,8 +127,20 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
     return Choice("vllm", f"{why}; no local GGUF variant{f' ({want})' if want else ''}: vLLM{hint}")
 
 
+def _engine_name(requested: str | None) -> str:
+    req = (requested or "auto").lower().replace("-", "").replace(".", "").replace("_", "")
+    req = {"llama": "llamacpp", "llamacppserver": "llamacpp"}.get(req, req)
+    if req not in ("auto", *REGISTRY):
+        raise UserError(f"unknown engine '{requested}'", f"use --engine {'|'.join(('auto', *REGISTRY))}")
+    return req
+
+
 def decide(model: str, hw: Hardware, requested: str = "auto") -> Choice:
-    """`choose_engine` for what the user typed: a .gguf file, or anything `catalog.resolve` takes."""
+    """`choose_engine` for what the user typed: a .gguf file, or anything `catalog.resolve` takes. An engine of
+    the registry with no rule here (neither vLLM nor llama.cpp) is taken as asked; its plan() judges the model."""
+    req = _engine_name(requested)
+    if req not in ("auto", "vllm", "llamacpp"):
+        return Choice(req, f"--engine {req}")
     p = Path(model).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -144,12 +154,9 @@ def decide(model: str, hw: Hardware, requested: str = "auto") -> Choice:
 
 def doctor_rows(hw: Hardware) -> list[tuple[str, bool | None, str]]:
     """What `--doctor` shows about the engines: (what, ok, detail); ok None = informational."""
-    from core.hardware import versions
+    from serve.engines import get
 
-    v = versions().get("llama-cpp-python")
-    rows: list[tuple[str, bool | None, str]] = [
-        ("llama.cpp", v is not None, f"llama-cpp-python {v}" if v else
-         "not installed: `pip install -c constraints.txt -e .[llamacpp]` (GGUF serving, the CPU fast path)")]
+    rows: list[tuple[str, bool | None, str]] = [r for name in REGISTRY for r in get(name).doctor_rows(hw)]
     if hw.has_gpu:
         auto = "vLLM (GPU)"
     elif hw.flag("amx_tile") and hw.w4a16_serving[0]:

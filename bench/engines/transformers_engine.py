@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.engines import Engine, VariantFailed, one_line
+from bench.engines.base import Engine, VariantFailed, one_line
 from bench.metrics import RequestResult
 from bench.workload import Request
 

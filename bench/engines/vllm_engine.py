@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import memory
-from bench.engines import Engine, error_from_log, one_line
+from bench.engines.base import Engine, error_from_log, one_line
 from bench.metrics import RequestResult
 from bench.workload import Request
 from core import catalog
@@ -77,18 +77,17 @@ class VllmEngine(Engine):
             self.info["threads"] = threads
 
     def _start(self) -> None:
-        from quantize.gguf import find_file, is_gguf
+        import serve
+        from core.artifact import gguf_file, is_gguf
 
         name = self.alias if self.alias in catalog.VARIANTS else self.location
         t0 = time.perf_counter()
         if is_gguf(self.location):
-            from serve.llamacpp import start_server as start_llamacpp
-
-            self.server = start_llamacpp(name, timeout_s=self.start_timeout_s, progress=False,
-                                         n_threads=self.threads)
+            lp = serve.plan(name, "llamacpp", n_threads=self.threads)
+            self.server = serve.launch(lp, timeout_s=self.start_timeout_s, progress=False)
             from quantize.gguf import end_token_ids
 
-            gf = find_file(Path(self.location))
+            gf = gguf_file(Path(self.location))
             ends = end_token_ids(gf)  # llama.cpp's server has no ignore_eos: the length is forced by logit_bias
             self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
             self.info.update(server="llama.cpp", gguf_file=gf.name, forced_length=f"logit_bias -100 on end tokens {ends}")
@@ -96,17 +95,15 @@ class VllmEngine(Engine):
                 self.info["threads"] = self.threads
         else:
             from serve.args import cpu_int4
-            from serve.server import launch, plan
 
-            lp = plan(name, extra_args=self.server_args, force=self.force, cpu_int4=self.cpu_int4)
-            self.server = launch(lp, timeout_s=self.start_timeout_s, progress=False)
+            lp = serve.plan(name, "vllm", extra_args=self.server_args, force=self.force, cpu_int4=self.cpu_int4)
+            self.server = serve.launch(lp, timeout_s=self.start_timeout_s, progress=False)
             self.info.update(server="vLLM", cpu_int4=cpu_int4(lp.info, lp.hw, lp.opts.cpu_int4))
-        self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True,
-                         argv=list(getattr(self.server, "argv", []) or []),
-                         log_path=str(getattr(self.server, "log_path", "") or ""))
+        self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True, argv=list(self.server.argv),
+                         log_path=str(self.server.log_path))
         self.base_url, self.model = self.server.base_url, self.server.model
-        self.api_key = getattr(self.server, "api_key", None) or self.api_key
-        self._pid = getattr(self.server, "pid", None)
+        self.api_key = self.server.api_key or self.api_key
+        self._pid = self.server.pid
 
     def _connect(self) -> None:
         from openai import OpenAI, OpenAIError
@@ -220,11 +217,9 @@ class VllmEngine(Engine):
         """Why every request failed, from the server's log (its engine may die while the API stays up)."""
         if self.server is None:
             return None
-        from serve.server import likely_cause
-
         tail = self.server.log_tail(200)
         alive = self.server.alive()
-        cause, _ = likely_cause(tail, None if alive else self.server.proc.returncode)
+        cause, _ = self.server.failure()
         err = error_from_log("\n".join(tail))
         if alive and cause == "unknown cause" and not err:
             return None

@@ -48,7 +48,7 @@ def artifact():
 
 @pytest.fixture(scope="session")
 def server(artifact):
-    from serve.server import start_server
+    import serve
 
     live: OrderedDict[str, object] = OrderedDict()
 
@@ -64,7 +64,7 @@ def server(artifact):
         while len(live) >= MAX_LIVE:
             _, old = live.popitem(last=False)
             old.stop()
-        srv = start_server(alias, **kw)
+        srv = serve.start(alias, "vllm", **kw)
         live[key] = srv
         return srv
 

@@ -144,6 +144,7 @@ def shot_on_failure(page, path: Path):
 
 def open_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    track_events(page)
     page.goto(url)
     page.wait_for_selector("#demo-input textarea", timeout=60_000)
     return page
@@ -153,8 +154,27 @@ def bot_messages(page, chat: int) -> list[str]:
     return page.locator(f"#chat-{chat} [data-testid='bot']").all_inner_texts()
 
 
+def track_events(page) -> None:
+    """Count Gradio's open event streams (/queue/data): one stays open until the page has applied an event's
+    last message. A generator event's final message re-applies its last outputs, so an upload made between
+    the error it yielded and that message is overwritten (seen on a loaded 2-core box)."""
+    page.open_streams = set()
+    page.on("request", lambda r: page.open_streams.add(r) if "/queue/data" in r.url else None)
+    page.on("requestfinished", lambda r: page.open_streams.discard(r))
+    page.on("requestfailed", lambda r: page.open_streams.discard(r))
+
+
+def wait_idle(page, timeout_s: float = 60) -> None:
+    """Until the page has no event in flight (what a person waits for before the next message)."""
+    t0 = time.monotonic()
+    while page.open_streams:
+        assert time.monotonic() - t0 < timeout_s, "a Gradio event stayed open"
+        page.wait_for_timeout(50)  # lets Playwright deliver the page's events
+
+
 def send(page, text: str, files: list[Path] = ()):
     if files:
+        wait_idle(page)
         for attempt in (1, 2):  # on a loaded 2-core box an upload event has been seen to get lost: set it again
             page.locator("#demo-input input[type=file]").set_input_files([str(f) for f in files])
             try:

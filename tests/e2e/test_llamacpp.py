@@ -46,6 +46,15 @@ def vl_gguf(tmp_path_factory):
     return _quantize(catalog.resolve("tiny-vl").path, out, "q4_k_m", "--recipe", "rtn", family="tiny-vl")
 
 
+def start_llamacpp(model: str, *, run_dir: Path | None = None, progress: bool = False, **opts):
+    """llama.cpp's engine directly (no engine choice): plan, preflight, start."""
+    import serve
+    from serve.engines import get
+
+    return serve.launch(get("llamacpp").plan(model, serve.options(**opts), detect()), run_dir=run_dir,
+                        progress=progress)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -54,7 +63,8 @@ def _port_open(port: int) -> bool:
 
 @pytest.mark.parametrize("gtype,tensor_type", [("q4_0", "Q4_0"), ("bf16", "BF16")])
 def test_gguf_artifact_is_complete_linted_and_verified(ggufs, gtype, tensor_type):
-    from quantize.gguf import find_file, lint_folder, read_header
+    from core.artifact import gguf_file as find_file
+    from quantize.gguf import lint_folder, read_header
 
     folder = ggufs[gtype]
     files = {p.name for p in folder.iterdir()}
@@ -79,10 +89,9 @@ def test_gguf_artifact_is_complete_linted_and_verified(ggufs, gtype, tensor_type
 
 
 def test_llamacpp_server_chats_and_stops_clean(ggufs, tmp_path):
-    from serve.llamacpp import start_server
 
     t0 = time.monotonic()
-    srv = start_server(str(ggufs["q4_0"]), api_key="test-key", run_dir=tmp_path / "run", progress=False)
+    srv = start_llamacpp(str(ggufs["q4_0"]), api_key="test-key", run_dir=tmp_path / "run", progress=False)
     try:
         assert srv.alive() and srv.model == "tiny-text-gguf" and srv.base_url.endswith("/v1")
         assert time.monotonic() - t0 < 120
@@ -117,7 +126,6 @@ def test_auto_engine_on_this_machine_serves_what_the_rules_say(ggufs):
     """`--engine auto` for the tiny text AWQ variant, with a local catalog holding its GGUF variant: llama.cpp on a
     CPU without AMX (and serving it works), vLLM on AMX CPUs and GPUs."""
     from serve.engine import choose_engine, gguf_variant_path
-    from serve.llamacpp import start_server
 
     root = ggufs["q4_0"].parent
     resolved = catalog.Resolved("tiny-text-awq", "local", "/unused", catalog.variant("tiny-text-awq"))
@@ -128,7 +136,7 @@ def test_auto_engine_on_this_machine_serves_what_the_rules_say(ggufs):
         assert c.engine == "vllm"
         return
     assert c.engine == "llamacpp" and Path(c.model) == ggufs["q4_0"]
-    with start_server(c.model, progress=False) as srv:
+    with start_llamacpp(c.model, progress=False) as srv:
         text, stats = chat(srv.base_url, srv.model, [user_message("Hello")], max_tokens=8)
         assert text.strip() and stats.output_tokens > 0
     # the bf16 base's GGUF twin is picked for the 16-bit request
@@ -138,21 +146,21 @@ def test_auto_engine_on_this_machine_serves_what_the_rules_say(ggufs):
 
 
 def test_llamacpp_refuses_what_it_cannot_serve(vl_gguf):
-    from serve.llamacpp import start_server
 
     with pytest.raises(UserError) as e:
-        start_server(str(catalog.resolve("tiny-text").path), progress=False)
+        start_llamacpp(str(catalog.resolve("tiny-text").path), progress=False)
     assert "not a GGUF model" in e.value.line() and "--formats gguf" in e.value.line()
     proj = next(vl_gguf.glob("mmproj-*.gguf"))
     with pytest.raises(UserError) as e:
-        start_server(str(proj), progress=False)
+        start_llamacpp(str(proj), progress=False)
     assert "vision projector, not a language model" in e.value.line()
 
 
 def test_vl_gguf_artifact_has_its_16bit_projector_linted_and_verified(vl_gguf):
     """Qwen3-VL to GGUF: the language model in Q4_K_M, the vision tower + merger as a 16-bit mmproj file; lint
     checks the projector's metadata and types, verify runs it in llama.cpp's mtmd on a picture."""
-    from quantize.gguf import find_file, find_mmproj, lint_folder, read_header
+    from core.artifact import gguf_file as find_file, mmproj_file as find_mmproj
+    from quantize.gguf import lint_folder, read_header
 
     files = {p.name for p in vl_gguf.iterdir()}
     assert {"tiny-vl-Q4_K_M.gguf", "mmproj-tiny-vl-F16.gguf", "config.json", "preprocessor_config.json",
@@ -178,7 +186,6 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
     """llama.cpp's server with the projector (mtmd) answers image chats from serve.client and the openai client;
     `--engine auto` picks it for the VL W4A16 alias on a CPU without AMX; bench measures its image scenario."""
     from serve.engine import choose_engine, gguf_variant_path
-    from serve.llamacpp import start_server
     from tests.e2e.cli_run import png_bytes
 
     hw = detect()
@@ -186,7 +193,7 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
                       "auto", find_variant=lambda b, bf16: gguf_variant_path(b, bf16, vl_gguf.parent))
     print(f"\nauto for tiny-vl-gptq here: {c.engine} — {c.reason}")
     assert c.engine == ("vllm" if hw.has_gpu or hw.flag("amx_tile") else "llamacpp")
-    with start_server(str(vl_gguf), progress=False) as srv:
+    with start_llamacpp(str(vl_gguf), progress=False) as srv:
         assert "--chat_format" in srv.argv and str(find_mmproj_path(vl_gguf)) in srv.argv
         text, st = chat(srv.base_url, srv.model, [user_message("What is in this picture?", [png_bytes()])],
                         max_tokens=12)
@@ -226,7 +233,7 @@ def _check_forced(raw: list, run: dict, n: int, n_out: int, md: Path) -> None:
 
 
 def find_mmproj_path(folder: Path) -> Path:
-    from quantize.gguf import find_mmproj
+    from core.artifact import mmproj_file as find_mmproj
 
     return find_mmproj(folder).resolve()
 

@@ -301,7 +301,7 @@ def test_cli_serves_chats_and_stops_on_sigterm(artifact):
     snippet; chats with and without the key; SIGTERM while an answer streams: serve exits 0, the client ends
     cleanly (the answer completed, or one line saying it was cut); the whole vLLM tree is gone afterwards."""
     from serve.client import chat, user_message
-    from serve.server import free_port
+    from serve.process import free_port
 
     artifact("tiny-text")
     port = free_port()

@@ -8,7 +8,7 @@ the same load runs against tiny-vl (bf16), and the test says so in its output.
   Default suite: ~60 requests at concurrency 8. `QWEN_W4_SOAK=full` (`make soak`, which runs `-m soak`): at least
   500 requests at concurrency 16, and only then does the test carry the `soak` marker.
 - `test_server_killed_mid_run_then_restarted`: SIGKILL to the vLLM process tree while answers stream: in-flight
-  and new requests fail with one-line UserErrors within bounded time; `start_server` on the same port brings it
+  and new requests fail with one-line UserErrors within bounded time; `serve.start` on the same port brings it
   back and requests succeed again. Starts and stops its own server.
 
 Every loop is bounded in count and time.
@@ -207,15 +207,16 @@ def _assert_clean(line: str) -> None:
 
 @soak_if_full
 def test_server_killed_mid_run_then_restarted(artifact):
+    from serve import start
     from serve.client import chat, user_message
-    from serve.server import free_port, start_server
+    from serve.process import free_port
 
     artifact(ALIAS)
     port = free_port()
     inflight_n = 6 if FULL else 3
     after_n = 40 if FULL else 12
     print(f"\n[kill] {TARGET_NOTE}; port {port}")
-    srv = start_server(ALIAS, port=port, timeout_s=START_TIMEOUT_S, progress=False, max_model_len=KILL_CONTEXT)
+    srv = start(ALIAS, "vllm", port=port, timeout_s=START_TIMEOUT_S, progress=False, max_model_len=KILL_CONTEXT)
     srv2 = None
     try:
         before = _load(srv, range(inflight_n * 2), inflight_n, time.monotonic() + 300)
@@ -273,7 +274,7 @@ def test_server_killed_mid_run_then_restarted(artifact):
 
         # restart on the same port: the same client settings work again
         t0 = time.monotonic()
-        srv2 = start_server(ALIAS, port=port, timeout_s=START_TIMEOUT_S, progress=False)
+        srv2 = start(ALIAS, "vllm", port=port, timeout_s=START_TIMEOUT_S, progress=False)
         print(f"[kill] restarted in {time.monotonic() - t0:.0f} s (pid {srv2.pid})")
         assert srv2.base_url == srv.base_url
         after = _load(srv2, range(after_n), min(CONCURRENCY, 8), time.monotonic() + 300)

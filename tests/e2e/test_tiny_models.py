@@ -75,10 +75,10 @@ def test_tokenizer_has_qwen_special_tokens(tiny_vl):
 
 def test_build_is_atomic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_W4_HOME", str(tmp_path))
-    p = tiny.ensure("tiny-vl")
+    p = tiny.ensure("tiny-vl", catalog.artifact_root())
     assert p == tmp_path / "artifacts" / "tiny-vl" and (p / "config.json").is_file()
     mtime = (p / "config.json").stat().st_mtime
-    assert tiny.ensure("tiny-vl") == p and (p / "config.json").stat().st_mtime == mtime
+    assert tiny.ensure("tiny-vl", catalog.artifact_root()) == p and (p / "config.json").stat().st_mtime == mtime
     assert not [x for x in p.parent.iterdir() if x.name.startswith(".tiny-vl.") and x.is_dir()]
 
 

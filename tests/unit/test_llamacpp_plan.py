@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from serve.llamacpp import llamacpp_command, resolve_gguf
+from serve.engines.llamacpp import llamacpp_command, resolve_gguf
 
 
 def _folder(tmp_path: Path, vl: bool, mmproj: bool) -> Path:

@@ -1,4 +1,4 @@
-"""serve/plan.py (`python -m serve --plan`): weights, KV cache, image budget and the longest context that fits, from
+"""serve/fit.py (`python -m serve --plan`): weights, KV cache, image budget and the longest context that fits, from
 hand-made configs and Hardware objects; the GPU pre-flight by compute capability; the image-budget knob mapping;
 predictions against memory this project measured (reports/cpu-2026-12-01)."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from core import shapes, tiny
 from core.errors import UserError
 from core.hardware import Gpu, Hardware
-from serve import plan as P
-from serve.args import _kv_bytes_per_token
+from serve import fit as P
+from serve.args import kv_bytes_per_token
 
 REPO = Path(__file__).resolve().parents[2]
 AVX512 = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw")
@@ -39,11 +39,11 @@ def test_parse_nvidia_smi_csv():
     text = ("NVIDIA H200, 143771, 9.0\nTesla T4, 15360, 7.5\nNVIDIA A100-SXM4-80GB, 81920, [N/A]\n"
             "Weird, Name GPU, 24576, 8.9\nNVIDIA L4, 23034\ngarbage\n")
     gpus = P.parse_nvidia_smi(text)
-    assert gpus[0] == P.GpuInfo("NVIDIA H200", 140.4, (9, 0))
-    assert gpus[1] == P.GpuInfo("Tesla T4", 15.0, (7, 5))
-    assert gpus[2] == P.GpuInfo("NVIDIA A100-SXM4-80GB", 80.0, None)
-    assert gpus[3] == P.GpuInfo("Weird, Name GPU", 24.0, (8, 9))
-    assert gpus[4] == P.GpuInfo("NVIDIA L4", 22.5, None)  # an old nvidia-smi without compute_cap
+    assert gpus[0] == Gpu("NVIDIA H200", 140.4, (9, 0))
+    assert gpus[1] == Gpu("Tesla T4", 15.0, (7, 5))
+    assert gpus[2] == Gpu("NVIDIA A100-SXM4-80GB", 80.0, None)
+    assert gpus[3] == Gpu("Weird, Name GPU", 24.0, (8, 9))
+    assert gpus[4] == Gpu("NVIDIA L4", 22.5, None)  # an old nvidia-smi without compute_cap
     assert len(gpus) == 5
 
 
@@ -56,19 +56,19 @@ def test_parse_nvidia_smi_csv():
     ((6, 1), None, "float16"),
 ])
 def test_gpu_preflight_by_compute_capability(cap, kernel, dtype):
-    pf = P.gpu_preflight(P.GpuInfo("gpu", 16.0, cap))
+    pf = P.gpu_preflight(Gpu("gpu", 16.0, cap))
     assert (pf.kernel, pf.dtype) == (kernel, dtype)
     refusal = P.preflight_refusal(pf, "vl-gptq", "vl-fp16")
     assert (refusal is None) == (kernel is not None)
 
 
 def test_gpu_below_marlin_refuses_w4a16_in_one_line():
-    pf = P.gpu_preflight(P.GpuInfo("Tesla V100-SXM2-16GB", 16.0, (7, 0)))
+    pf = P.gpu_preflight(Gpu("Tesla V100-SXM2-16GB", 16.0, (7, 0)))
     e = P.preflight_refusal(pf, "vl-gptq", "vl-fp16")
     line = e.line()
     assert "\n" not in line and line.startswith("error: GPU 'Tesla V100-SXM2-16GB' (SM 7.0) has no W4A16 kernel")
     assert "SM 7.5" in line and "vl-fp16 in float16" in line and " — " in line
-    assert P.preflight_refusal(P.gpu_preflight(P.GpuInfo("x", 16.0, None)), "m", None) is None  # unknown: no refusal
+    assert P.preflight_refusal(P.gpu_preflight(Gpu("x", 16.0, None)), "m", None) is None  # unknown: no refusal
 
 
 def test_cli_refusal_is_one_line_and_nonzero(tmp_path):
@@ -99,7 +99,7 @@ def test_real_shape_weights_and_kv():
     assert "W4A16 g128" in how
     t4 = P.estimate_weights(T4B, "bf16")[0]
     assert t4["lm_head"] == 0 and round(sum(t4.values()) / 1e9, 2) == 8.04
-    assert P.kv_bytes_per_token(VL8) == 36 * 8 * 128 * 4 == _kv_bytes_per_token(VL8["text_config"])
+    assert P.kv_bytes_per_token(VL8) == 36 * 8 * 128 * 4 == kv_bytes_per_token(VL8["text_config"])
     with pytest.raises(UserError, match="no size estimate"):
         P.estimate_weights(VL8, "fp8")
 
@@ -163,12 +163,12 @@ def test_predictions_within_15_percent_of_measured_memory():
 
 
 def test_gpu_plans():
-    h200 = P.GpuInfo("NVIDIA H200", 140.4, (9, 0))
+    h200 = Gpu("NVIDIA H200", 140.4, (9, 0))
     hw = Hardware("Xeon", 16, AVX512, 128.0, 120.0, (Gpu("NVIDIA H200", 140.4),))
     p = P.make_plan(subj(VL8, "gptq"), hw, gpus=[h200], max_pixels=1024 * 1024)
     assert p.device == "cuda" and p.gpu.kernel == "Machete" and p.status == "fits"
     assert p.predicted.bytes == p.budget.bytes == int(140.4 * 2**30 * 0.9) and p.max_context > 100_000
-    t4 = P.GpuInfo("Tesla T4", 15.0, (7, 5))
+    t4 = Gpu("Tesla T4", 15.0, (7, 5))
     q = P.make_plan(subj(VL8, "gptq"), Hardware("x", 4, AVX512, 32.0, 30.0, (Gpu("Tesla T4", 15.0),)), gpus=[t4],
                     max_pixels=1024 * 1024)
     assert q.gpu.kernel == "Marlin" and q.gpu.dtype == "float16" and q.command.endswith("--dtype float16")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from core import tiny
+from core import catalog, tiny
 from core.errors import UserError
 from quantize.api import quantize
 from quantize.gguf import QWEN2_SPLIT
@@ -17,7 +17,7 @@ pytest.importorskip("gguf", reason="gguf-py not installed (`make gguf-py`)")
 
 
 def _tiny_text_copy(tmp_path, name: str):
-    src = tiny.ensure("tiny-text")
+    src = tiny.ensure("tiny-text", catalog.artifact_root())
     dst = tmp_path / name
     shutil.copytree(src, dst)
     return dst

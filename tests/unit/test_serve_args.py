@@ -1,5 +1,5 @@
 """vLLM's argv/env from artifact config x hardware x options (serve.args), failure explanations
-(serve.server.likely_cause) and image parts (serve.client): pure functions, no process started."""
+(serve.engines.vllm.likely_cause) and image parts (serve.client): pure functions, no process started."""
 from __future__ import annotations
 
 import io
@@ -212,6 +212,15 @@ def test_gpu_dtype_for_non_qwen_follows_config():
     assert flags(vllm_command(i, CPU_AVX512, ServeOptions())[0])["--dtype"] == "bfloat16"
 
 
+def test_gpu_dtype_is_float16_below_compute_capability_8():
+    i = info("vl", "gptq")
+    t4 = Hardware("Xeon", 8, ("avx2",), 64.0, 60.0, (Gpu("Tesla T4", 15.0, (7, 5)),))
+    h100 = Hardware("Xeon", 8, ("avx2",), 64.0, 60.0, (Gpu("NVIDIA H100", 80.0, (9, 0)),))
+    assert flags(vllm_command(i, t4, ServeOptions())[0])["--dtype"] == "float16"  # no bf16 before Ampere
+    assert flags(vllm_command(i, h100, ServeOptions())[0])["--dtype"] == "bfloat16"
+    assert flags(vllm_command(i, GPU1, ServeOptions())[0])["--dtype"] == "bfloat16"  # unknown capability
+
+
 def test_hub_model_keeps_hub_access():
     i = ModelInfo(location="Qwen/Qwen3-VL-8B-Instruct", served_name="vl-fp16", source="hub", modality="vl")
     _, env = vllm_command(i, GPU1, ServeOptions())
@@ -349,14 +358,14 @@ def test_kv_cache_sizing():
     ("(EngineCore pid=1) ValueError: something odd happened", "ValueError: something odd happened"),
 ])
 def test_likely_cause(line, cause):
-    from serve.server import likely_cause
+    from serve.engines.vllm import likely_cause
 
     got, todo = likely_cause(["INFO starting", "Traceback (most recent call last):", line])
     assert cause in got and todo
 
 
 def test_likely_cause_sigkill():
-    from serve.server import likely_cause
+    from serve.engines.vllm import likely_cause
 
     assert "SIGKILL" in likely_cause(["INFO loading"], -9)[0]
 
@@ -412,7 +421,8 @@ def test_image_part_errors(tmp_path):
 
 def test_log_excerpt_and_root_cause():
     """Lines as vLLM CPU 0.32 wrote them when a W4A16 request hit the missing int4 kernel."""
-    from serve.server import excerpt, likely_cause
+    from serve.engines.vllm import likely_cause
+    from serve.process import excerpt
 
     log = [
         ("(Worker pid=1) WARNING 11-23 18:54:30 [utils.py:597] Failed to create oneDNN linear, fallback to torch "

@@ -10,7 +10,7 @@ and a GPU pre-flight by compute capability (W4A16 kernel: Machete / Marlin / non
 Every number says where it came from: `header` (safetensors headers / GGUF tensor table of the artifact), `config`
 (config.json, or the published config of core/shapes.py for a catalog model that is not on disk), `measured` (this
 project's reports) or `estimate` (a formula, written next to it). Pure functions over (config dict, weight sizes,
-Hardware, GPU list); `subject()`, `gpu_list()` and `main()` do the I/O. Nothing is started or built, except a tiny
+Hardware, GPU list); `subject()` and `main()` do the I/O. Nothing is started or built, except a tiny
 model (seconds) that a tiny alias names.
 """
 from __future__ import annotations
@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import catalog, shapes
 from core.errors import UserError
-from core.hardware import Hardware
+from core.hardware import Gpu, Hardware, parse_nvidia_smi
 
 GB = 1e9
 GIB = 2**30
@@ -60,13 +58,6 @@ class Item:
 
     bytes: int
     source: str
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    memory_gib: float
-    capability: tuple[int, int] | None  # compute capability (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -123,28 +114,7 @@ class Plan:
 
 # ---------------------------------------------------------------- GPU pre-flight (pure)
 
-def parse_nvidia_smi(text: str) -> list[GpuInfo]:
-    """`nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits` -> GPUs (memory in
-    MiB; a missing or "[N/A]" capability is None)."""
-    out = []
-    for line in text.strip().splitlines():
-        parts = [x.strip() for x in line.rsplit(",", 2)]
-        cap = None
-        if len(parts) == 3:
-            major, dot, minor = parts[2].partition(".")
-            if dot and major.isdigit() and minor.isdigit():
-                cap = (int(major), int(minor))
-            elif not parts[2].startswith("["):  # "[N/A]" is an unknown capability; anything else: a name's comma
-                parts = [f"{parts[0]}, {parts[1]}", parts[2]]
-        name, mem = parts[0], parts[1] if len(parts) > 1 else ""
-        try:
-            out.append(GpuInfo(name, round(float(mem) / 1024, 1), cap))
-        except ValueError:
-            continue
-    return out
-
-
-def gpu_preflight(gpu: GpuInfo) -> Preflight:
+def gpu_preflight(gpu: Gpu) -> Preflight:
     cap = gpu.capability
     if cap is None:
         return Preflight(gpu.name, None, None, "bfloat16",
@@ -181,9 +151,9 @@ def _text(cfg: dict) -> dict:
 
 def kv_bytes_per_token(cfg: dict) -> int:
     """bf16/f16 K and V of every layer for one token (vLLM's and llama.cpp's default cache dtype): serve's rule."""
-    from serve.args import _kv_bytes_per_token
+    from serve.args import kv_bytes_per_token
 
-    return _kv_bytes_per_token(_text(cfg)) or 0
+    return kv_bytes_per_token(_text(cfg)) or 0
 
 
 def _gidx_bytes(t: dict) -> int:
@@ -271,7 +241,7 @@ def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) ->
 # ---------------------------------------------------------------- the plan (pure)
 
 def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] | None = None,
-              gpus: list[GpuInfo] | None = None, device: str = "auto", concurrency: int = 4,
+              gpus: list[Gpu] | None = None, device: str = "auto", concurrency: int = 4,
               max_model_len: int | None = None, max_pixels: int | None = None, images: int = 2,
               gpu_util: float = GPU_UTIL) -> Plan:
     """The plan for `s` on `hw`. `weights`: (bytes by group, source) from the artifact's headers; None: estimated
@@ -280,7 +250,7 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         raise UserError("--concurrency must be at least 1")
     cfg, text = s.cfg, _text(s.cfg)
     engine = "llamacpp" if s.fmt.startswith("gguf") else "vllm"
-    gpus = gpus if gpus is not None else [GpuInfo(g.name, g.memory_gib, None) for g in hw.gpus]
+    gpus = gpus if gpus is not None else list(hw.gpus)
     on_gpu = engine == "vllm" and device != "cpu" and bool(gpus)
     if weights is None:
         groups, how = estimate_weights(cfg, s.fmt)
@@ -459,7 +429,7 @@ def _fmt_of(cfg: dict, folder: Path | None) -> str:
     from serve.args import info_from_config
 
     if folder is not None:
-        from quantize.gguf import find_file
+        from core.artifact import gguf_file as find_file
 
         gg = find_file(folder)
         if gg is not None:
@@ -473,7 +443,7 @@ def _fmt_of(cfg: dict, folder: Path | None) -> str:
 def header_weights(folder: Path) -> tuple[dict[str, int], str] | None:
     """Bytes by group from the artifact's safetensors headers or GGUF tensor table (+ the mmproj file)."""
     from bench import roofline
-    from quantize.gguf import find_mmproj
+    from core.artifact import mmproj_file as find_mmproj
 
     try:
         w = roofline.weights(folder)
@@ -492,7 +462,7 @@ def subject(name: str) -> Subject:
     """Resolve `name` without building a real-shape model or downloading: local artifact, catalog (published config
     from core/shapes.py), folder, or a Hub id whose config.json is in the local Hugging Face cache."""
     from core import tiny
-    from serve.args import _hub_cached_config, read_config
+    from serve.args import hub_cached_config, read_config
 
     v = catalog.VARIANTS.get(name)
     if v is not None:
@@ -503,7 +473,7 @@ def subject(name: str) -> Subject:
             p = Path(catalog.resolve(name).location)  # a tiny model: built in seconds, or a one-line error
         if p is not None:
             return _local(name, p, v)
-        hit = _hub_cached_config(v.hub_id) if v.hub_id else None
+        hit = hub_cached_config(v.hub_id) if v.hub_id else None
         if hit:
             cfg, src = read_config(Path(hit).parent), f"cached config.json of {v.hub_id}"
         else:
@@ -520,7 +490,7 @@ def subject(name: str) -> Subject:
         r = catalog.resolve(name, build_tiny=False)
         return _local(name, Path(r.location), r.variant)
     if catalog.looks_like_hub_id(name):
-        hit = _hub_cached_config(name)
+        hit = hub_cached_config(name)
         if not hit:
             raise UserError(f"the config.json of '{name}' is not in the local Hugging Face cache",
                             f"download it (`huggingface-cli download {name} config.json`) or pass a model folder")
@@ -537,23 +507,6 @@ def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
     return Subject(name, str(folder), cfg, src or f"config.json of {folder}", _fmt_of(cfg, folder), folder,
                    v.family.max_model_len if v else None, mp, "the artifact's preprocessor_config.json" if mp else "",
                    v.family.base_alias if v is not None and v.is_quantized else None)
-
-
-def gpu_list(hw: Hardware) -> list[GpuInfo]:
-    """The visible GPUs with their compute capability (nvidia-smi's compute_cap; unknown where it has none)."""
-    if not hw.has_gpu:
-        return []
-    exe = shutil.which("nvidia-smi")
-    text = ""
-    if exe:
-        try:
-            text = subprocess.run([exe, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, timeout=10, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            text = ""
-    found = parse_nvidia_smi(text)
-    by_name = {g.name: g.capability for g in found}
-    return [GpuInfo(g.name, g.memory_gib, by_name.get(g.name)) for g in hw.gpus]
 
 
 # ---------------------------------------------------------------- command line
@@ -580,7 +533,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     import dataclasses
 
-    from core.hardware import Gpu, detect
+    from core.hardware import detect
 
     args = parser().parse_args(argv)
     name = args.plan or args.model
@@ -592,11 +545,11 @@ def main(argv: list[str]) -> int:
         gpus = parse_nvidia_smi(args.gpu)
         if not gpus:
             raise UserError(f"--gpu '{args.gpu}' is not 'NAME, MiB, X.Y'", 'e.g. --gpu "NVIDIA L4, 23034, 8.9"')
-        hw = dataclasses.replace(hw, gpus=tuple(Gpu(g.name, g.memory_gib) for g in gpus))
+        hw = dataclasses.replace(hw, gpus=tuple(gpus))
     elif args.device == "cuda" and not hw.has_gpu:
         raise UserError("--device cuda: no NVIDIA GPU is visible here", 'plan one with --gpu "NAME, MiB, X.Y"')
     elif args.device != "cpu":
-        gpus = gpu_list(hw)
+        gpus = list(hw.gpus)
     s = subject(name)
     weights = header_weights(s.folder) if s.folder is not None else None
     p = make_plan(s, hw, weights=weights, gpus=gpus if args.device != "cpu" else [], device=args.device,
