@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from bench.metrics import ratio
 from bench.roofline import roofline
+from core.artifact import atomic_folder
 
 GB = 1e9
 
@@ -311,10 +309,7 @@ def render_md(report: dict) -> str:
 
 def write(report: dict, out: Path, overwrite: bool = False, plots: bool = True) -> Path:
     """Write report.json, report.md and the plots into `out` atomically (temp folder, then rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=overwrite) as tmp:
         report["derived"] = derive(report)
         if plots:
             from bench.plots import make_plots
@@ -324,12 +319,4 @@ def write(report: dict, out: Path, overwrite: bool = False, plots: bool = True) 
         (tmp / "report.md").write_text(render_md(report))
         for f in [tmp, *tmp.iterdir()]:
             f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            if not overwrite:
-                raise FileExistsError(out)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return out
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return Path(out)

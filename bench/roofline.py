@@ -8,11 +8,12 @@ convention). `limit tok/s = bandwidth / bytes per token`; achieved GB/s = bytes 
 """
 from __future__ import annotations
 
-import json
-import struct
 import threading
 import time
 from pathlib import Path
+
+from core import artifact
+from core.errors import UserError
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -20,15 +21,12 @@ GROUPS = ("decoder_linear", "lm_head", "embedding", "vision", "other")
 
 
 def read_header(path: Path) -> dict:
-    """The JSON header of one .safetensors file (name -> {dtype, shape, data_offsets})."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 2**20:
-            raise ValueError(f"{path}: safetensors header of {n} bytes")
-        header = json.loads(f.read(n))
+    """The JSON header of one .safetensors file (name -> {dtype, shape, data_offsets}; core.artifact reads it), a
+    ValueError for a truncated or corrupt file."""
+    problem = artifact.safetensors_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    header = dict(artifact.safetensors_header(path))
     header.pop("__metadata__", None)
     return header
 
@@ -89,11 +87,9 @@ def gguf_weights(path: Path) -> dict:
 def weights(model_dir: str | Path) -> dict:
     """Bytes by group and dtype from the safetensors headers (or a GGUF's tensor table), and bytes read per
     decoded token."""
-    from core.artifact import gguf_file as find_gguf
-
     d = Path(model_dir)
     files = sorted(d.glob("*.safetensors"))
-    if not files and (lm := find_gguf(d)) is not None:  # the language model, not a VL model's mmproj
+    if not files and (lm := artifact.gguf_file(d)) is not None:  # the language model, not a VL model's mmproj
         return gguf_weights(lm)
     if not files:
         raise FileNotFoundError(f"no .safetensors files in {d}")
@@ -109,9 +105,9 @@ def weights(model_dir: str | Path) -> dict:
             n_tensors += 1
     tied = False
     try:
-        cfg = json.loads((d / "config.json").read_text())
+        cfg = artifact.read_config(d)
         tied = bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
-    except (OSError, ValueError):
+    except UserError:
         pass
     per_token = groups["decoder_linear"] + groups["other"] + groups["lm_head"]
     if groups["lm_head"] == 0 and tied:

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import memory, quality, roofline, workload
 from bench.engines import VariantFailed, make as make_engine, one_line
 from bench.metrics import summarize
-from core import catalog
+from core import artifact, catalog
 from core.artifact import gguf_file, is_gguf
 from core.errors import UserError
 from core.hardware import detect, versions
@@ -96,6 +96,16 @@ def environment(argv: list[str]) -> dict:
     }
 
 
+def _config(location: str | None) -> dict | None:
+    """config.json of a local folder, or None (no folder, no config, unreadable)."""
+    if not location:
+        return None
+    try:
+        return artifact.read_config(location)
+    except UserError:
+        return None
+
+
 def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
     if v is not None:
         return not v.is_quantized
@@ -103,32 +113,20 @@ def _is_16bit(location: str | None, v: catalog.Variant | None) -> bool:
 
     if is_gguf(location):  # a GGUF folder carries its base's config: its decoder weights' type decides
         return gguf.is_16bit(gguf_file(Path(location)))
-    try:
-        cfg = json.loads((Path(location) / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-    return not (cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config"))
+    cfg = _config(location)
+    return cfg is not None and not artifact.quantization_config(cfg)
 
 
 def _modality(location: str | None, v: catalog.Variant | None) -> str:
     if v is not None:
         return v.modality
-    try:
-        cfg = json.loads((Path(location) / "config.json").read_text())
-        return "vl" if "vision_config" in cfg else "text"
-    except (OSError, ValueError, TypeError):
-        return "text"
+    return "vl" if "vision_config" in (_config(location) or {}) else "text"
 
 
 def _quant_method(location: str | None) -> str | None:
     if is_gguf(location):
         return "gguf"
-    try:
-        cfg = json.loads((Path(location) / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return None
-    qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config") or {}
-    return qc.get("quant_method")
+    return artifact.quantization_config(_config(location) or {}).get("quant_method")
 
 
 class Runner:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.formats import format_of_quant_method
 
 MMPROJ_PREFIX = "mmproj-"  # a Qwen3-VL GGUF artifact's vision projector: mmproj-<alias>-F16.gguf
 REPORT_FILE = "quantization_report.json"  # what quantize measured, beside every artifact it writes
@@ -83,6 +84,10 @@ def safetensors_problem(path: str | Path) -> str | None:
         end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
     except (KeyError, TypeError, ValueError, IndexError):
         return "corrupt (bad tensor offsets)"
+    bad = next((k for k, t in header.items() if k != "__metadata__"
+                and not (isinstance(t.get("dtype"), str) and isinstance(t.get("shape"), list))), None)
+    if bad is not None:
+        return f"corrupt (tensor {bad} has no dtype or shape)"
     if 8 + n + end > size:
         return f"truncated ({size} of {8 + n + end} bytes)"
     return None
@@ -127,43 +132,78 @@ def is_gguf(location: str | Path | None) -> bool:
 
 @dataclass(frozen=True)
 class Artifact:
-    folder: Path
+    """What an artifact folder (or a bare .gguf file) holds, read from its files without loading any weight."""
+
+    folder: Path  # the folder (a bare .gguf: the folder it lies in)
     format: str  # core.catalog.FORMATS name: bf16, autoround, gptq, awq, compressed-tensors, gguf
     modality: str  # "text" | "vl"
     architecture: str | None
-    quant_method: str | None
+    quant_method: str | None  # as config.json spells it (None: 16-bit or GGUF)
     bits: int | None
     group_size: int | None
-    files: tuple[str, ...]
+    sym: bool | None
+    files: tuple[str, ...]  # file names in the folder (a bare .gguf: that file, and its projector if beside it)
     weight_bytes: int  # safetensors, or GGUF + projector
     gguf: Path | None = None
     mmproj: Path | None = None
-    config: dict = field(default_factory=dict, repr=False)
+    config: dict | None = field(default=None, repr=False)  # config.json ({} in a GGUF folder without one; None
+    #                                                         for a bare .gguf file)
     max_model_len: int | None = None  # from quantization_report.json
 
 
-def inspect(folder: str | Path) -> Artifact:
-    """What an artifact folder holds; UserError when it is not a model folder."""
-    from core.catalog import format_of_quant_method
+def quantization_config(cfg: dict) -> dict:
+    """A config's quantization_config (top level, or a VL config's text_config), {} for a 16-bit model."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    qc = cfg.get("quantization_config") or text.get("quantization_config") or {}
+    return qc if isinstance(qc, dict) else {}
 
-    p = Path(folder)
+
+def _scheme(qc: dict) -> tuple[int | None, int | None, bool | None]:
+    """(bits, group_size, sym) of a quantization_config; compressed-tensors keeps them per config group."""
+    if qc.get("quant_method") == "compressed-tensors":
+        for g in (qc.get("config_groups") or {}).values():
+            w = (g or {}).get("weights") or {} if isinstance(g, dict) else {}
+            if w:
+                return w.get("num_bits"), w.get("group_size"), w.get("symmetric")
+        return None, None, None
+    sym = qc.get("sym")
+    if sym is None and "zero_point" in qc:  # AWQ spells symmetry as "no zero point"
+        sym = not qc["zero_point"]
+    return qc.get("bits") or qc.get("w_bit"), qc.get("group_size") or qc.get("q_group_size"), sym
+
+
+def inspect(location: str | Path) -> Artifact:
+    """What an artifact folder (or a bare .gguf file) holds; UserError when it is not a model."""
+    p = Path(location)
+    if p.is_file():
+        g = gguf_file(p)
+        if g is None:
+            raise UserError(f"{location} is not a model (a file that is not a .gguf)",
+                            "pass an artifact folder, a .gguf file or an alias")
+        m = mmproj_file(p)
+        return Artifact(p.parent, "gguf", "vl" if m else "text", None, None, None, None, None,
+                        tuple(f.name for f in (g, m) if f), g.stat().st_size + (m.stat().st_size if m else 0),
+                        g, m, None, None)
     if not p.is_dir():
-        raise UserError(f"{folder} is not a folder", "pass an artifact folder or an alias")
+        raise UserError(f"no such model folder: {location}", "check the path, or pass an alias")
     g, m = gguf_file(p), mmproj_file(p)
-    cfg = read_config(p) if (p / "config.json").is_file() or g is None else {}
-    qc = cfg.get("quantization_config") or {}
+    weights = sorted(p.glob("*.safetensors"))
+    if g is None and not (p / "config.json").is_file():
+        raise UserError(f"{location} is not a model folder (no config.json or .gguf in it)",
+                        "pass a folder holding config.json and safetensors weights (or a .gguf), or an alias")
+    cfg = read_config(p) if (p / "config.json").is_file() else {}
+    qc = quantization_config(cfg)
     method = qc.get("quant_method")
-    files = tuple(sorted(f.name for f in p.iterdir() if f.is_file()))
+    bits, group, sym = _scheme(qc)
     if g is not None:
         fmt, nbytes = "gguf", g.stat().st_size + (m.stat().st_size if m else 0)
     else:
-        fmt = format_of_quant_method(method)
-        nbytes = sum(f.stat().st_size for f in p.glob("*.safetensors"))
+        fmt, nbytes = format_of_quant_method(method), sum(f.stat().st_size for f in weights)
+    archs = cfg.get("architectures") or [None]
     vl = "vision_config" in cfg or m is not None
-    rep = read_report(p)
-    return Artifact(p, fmt, "vl" if vl else "text", (cfg.get("architectures") or [None])[0], method,
-                    qc.get("bits"), qc.get("group_size"), files, nbytes, g, m, cfg,
-                    int(rep.get("max_model_len") or 0) or None)
+    return Artifact(p, fmt, "vl" if vl else "text", archs[0], method, bits, group, sym,
+                    tuple(sorted(f.name for f in p.iterdir() if f.is_file())), nbytes, g, m, cfg,
+                    int(read_report(p).get("max_model_len") or 0) or None)
 
 
 # ---------------------------------------------------------------- writing
@@ -183,6 +223,7 @@ def atomic_folder(dest: str | Path, *, replace: bool = True) -> Iterator[Path]:
             if not replace:
                 raise FileExistsError(dest)
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)  # left by a run killed in this very step
             os.replace(dest, old)
         os.replace(tmp, dest)
         if old is not None:

@@ -15,43 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.formats import (  # noqa: F401 - the format registry, re-exported: catalog.FORMATS is its usual name
+    FORMATS,
+    QUANT_FORMATS,
+    Format,
+    format_named,
+    format_of_quant_method,
+)
 
 TEXT_ARCH = "Qwen3ForCausalLM"
 VL_ARCH = "Qwen3VLForConditionalGeneration"
-
-
-@dataclass(frozen=True)
-class Format:
-    """A checkpoint format and what AutoRound and vLLM call it."""
-
-    name: str  # our name: bf16, autoround, gptq, awq, compressed-tensors
-    suffix: str | None  # alias suffix for quantized variants (None: the base itself)
-    autoround_format: str | None  # AutoRound's `format=` value
-    quant_method: str | None  # `quantization_config.quant_method` in config.json
-    vllm_method: str | None  # what vLLM names the method it picks on CPU (logged, never forced)
-
-
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in (
-        Format("bf16", None, None, None, None),
-        Format("autoround", "autoround", "auto_round", "auto-round", "inc"),
-        Format("gptq", "gptq", "auto_gptq", "gptq", "gptq"),
-        Format("awq", "awq", "auto_awq", "awq", "awq"),
-        Format("compressed-tensors", "ct", "llm_compressor", "compressed-tensors", "compressed-tensors"),
-        Format("gguf", "gguf", "gguf:q4_k_m", None, None),  # llama.cpp's format (served by llama.cpp; VL + mmproj)
-    )
-}
-QUANT_FORMATS = [n for n, f in FORMATS.items() if f.suffix]
-
-
-def format_of_quant_method(method: str | None) -> str:
-    """Our format name for a config's `quantization_config.quant_method` (None: the 16-bit base)."""
-    m = (method or "").lower().replace("_", "-")
-    for f in FORMATS.values():
-        if f.quant_method and f.quant_method == m:
-            return f.name
-    return "bf16" if not m else m
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
+
+from core.artifact import atomic_folder
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -229,10 +229,7 @@ def build(alias: str, out: Path) -> Path:
 
     if alias not in BUILDERS:
         raise ValueError(f"no tiny builder for {alias}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         t0 = time.time()
         torch.manual_seed(SEED)
         docs = corpus()
@@ -242,14 +239,8 @@ def build(alias: str, out: Path) -> Path:
         _save_common(tmp, tokenizer, meta)
         for f in [tmp, *tmp.iterdir()]:
             f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        _log(f"built {alias} in {meta['build_seconds']} s -> {out}")
-        return out
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _log(f"built {alias} in {meta['build_seconds']} s -> {out}")
+    return Path(out)
 
 
 def _build_text(out: Path, tokenizer, docs) -> dict:

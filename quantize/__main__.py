@@ -19,6 +19,7 @@ from core import catalog
 from core.cli import add_common
 from core.errors import run_cli
 from quantize import recipes
+from quantize.options import GGUF_TYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", "--format", default="autoround,gptq,awq",
                    help=f"comma-separated: {','.join(catalog.QUANT_FORMATS)} (default: autoround,gptq,awq)")
     p.add_argument("--recipe", default="default", choices=list(recipes.RECIPES), help="tuning recipe (default: default)")
-    p.add_argument("--gguf-type", "--gguf_type", dest="gguf_type", choices=["q4_k_m", "q4_0", "bf16"],
+    p.add_argument("--gguf-type", "--gguf_type", dest="gguf_type", choices=list(GGUF_TYPES),
                    help="type of the gguf format's file: q4_k_m (default), q4_0, or bf16 (16-bit, for comparisons; "
                         "written to <family>-gguf-bf16)")
     g = p.add_argument_group("recipe overrides (AutoRound's names)")
@@ -93,15 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         from core.errors import UserError
 
         raise UserError("--model is required", "e.g. --model tiny-vl (aliases: python -m serve --list)")
-    from quantize.api import quantize, read_report
+    from quantize.api import read_report, run
+    from quantize.options import QuantizeOptions
 
     cmd = "python -m quantize " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = quantize(args.model, args.formats, args.recipe, iters=args.iters, nsamples=args.nsamples,
-                   seqlen=args.seqlen, batch_size=args.batch_size, lr=args.lr, dataset=args.dataset,
-                   output=args.output, overwrite=args.overwrite, device=args.device, device_map=args.device_map,
-                   verify=args.verify, push_to_hub=args.push_to_hub, asym=args.asym, bits=args.bits,
-                   group_size=args.group_size, scheme=args.scheme, debug=args.debug, command=cmd,
-                   **({"gguf_type": args.gguf_type} if args.gguf_type else {}))
+    out = run(QuantizeOptions.from_args(args, command=cmd))  # parsed and checked once, read by every step
     if args.json:
         print(json.dumps({f: {"path": str(d), "verify": read_report(d).get("verify")} for f, d in out.items()},
                          indent=2))

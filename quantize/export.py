@@ -2,7 +2,9 @@
 
 - `Staging`: a temp folder next to the destination (same filesystem: `os.replace` is atomic there). Everything is
   written inside it, AutoRound's work space included; it is removed on any failure or Ctrl-C. Existing artifacts are
-  replaced only at the very end, one rename each, with Ctrl-C held off for those few milliseconds.
+  replaced only at the very end, one rename each, with Ctrl-C held off for those few milliseconds. (One folder to one
+  place is core.artifact.atomic_folder; Staging does more: several folders placed together, AutoRound's scratch
+  beside them, stale staging folders of killed runs removed by pid, Ctrl-C held while placing.)
 - `run_autoround`: one tuning, every requested format exported from it.
 - `complete`: copies what AutoRound leaves out (processor/preprocessor configs, chat template, generation config...)
   from the base, and stores 16-bit tensors that AutoRound wrote as float32 in the base's 16-bit dtype.
@@ -20,14 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.catalog import FORMATS
+from core import artifact
+from core.catalog import FORMATS, format_of_quant_method
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
 
 STAGE_PREFIX = ".quantize-"
-# AutoRound's quant_method -> our format name
-METHOD_TO_FORMAT = {f.quant_method: f.name for f in FORMATS.values() if f.quant_method}
 SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 NOT_COPIED = {"config.json", "model.safetensors.index.json", "quantization_config.json", "tiny_model.json",
               "README.md", "quantization_report.json"}
@@ -169,11 +171,11 @@ def find_exports(root: Path) -> dict[str, Path]:
     out = {}
     for cfg in sorted(Path(root).rglob("config.json")):
         try:
-            qc = json.loads(cfg.read_text()).get("quantization_config") or {}
-        except (OSError, json.JSONDecodeError):
+            method = artifact.quantization_config(artifact.read_config(cfg.parent)).get("quant_method")
+        except UserError:
             continue
-        fmt = METHOD_TO_FORMAT.get(qc.get("quant_method"))
-        if fmt and fmt not in out:
+        fmt = format_of_quant_method(method) if method else None
+        if fmt in FORMATS and fmt not in out:
             out[fmt] = cfg.parent
     return out
 
@@ -205,7 +207,7 @@ def annotate_module_lists(folder: Path, block_prefix: str, linear_names: list[st
         p = folder / name
         if not p.is_file():
             continue
-        cfg = json.loads(p.read_text())
+        cfg = artifact.read_config(folder) if name == "config.json" else json.loads(p.read_text())
         qc = cfg.get("quantization_config", cfg) if name == "config.json" else cfg
         if qc.get("quant_method") != "gptq":
             return []
@@ -235,10 +237,9 @@ def _float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
     target = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(base_dtype, torch.bfloat16)
     n = 0
     for f in sorted(folder.glob("*.safetensors")):
+        if not any(t.get("dtype") == "F32" for k, t in artifact.safetensors_header(f).items() if k != "__metadata__"):
+            continue  # the header says so: no tensor read
         with safe_open(str(f), "pt") as sf:
-            keys = sf.keys()
-            if not any(sf.get_slice(k).get_dtype() == "F32" for k in keys):
-                continue
             meta = sf.metadata() or {}
             tensors = {}
             for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
@@ -251,10 +252,9 @@ def _float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
         save_file(tensors, str(tmp), metadata={**meta, "format": "pt"})
         os.replace(tmp, f)
     if n:
-        cfg_p = folder / "config.json"
-        cfg = json.loads(cfg_p.read_text())
+        cfg = artifact.read_config(folder)
         _set_dtype(cfg, base_dtype)
-        cfg_p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         return [f"stored {n} float32 tensors as {base_dtype}"]
     return []
 

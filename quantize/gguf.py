@@ -33,11 +33,9 @@ from core.artifact import MMPROJ_PREFIX, REPORT_FILE, gguf_file, mmproj_file
 from core.errors import UserError
 from core.llamacpp_build import check_runs
 from quantize.layout import Layout
-from quantize.problems import Problem, error as _err, warning as _warn
-from quantize.recipes import Recipe
+from quantize.options import QuantizeOptions
+from quantize.problems import Problem, error, warning
 
-GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
-DEFAULT_TYPE = "q4_k_m"
 # general.file_type (gguf.LlamaFileType) of each type
 FILE_TYPES = {"q4_0": 2, "q4_k_m": 15, "bf16": 32}
 # tensor types the decoder's Linear weights may have per file type (Q4_K_M mixes in Q6_K for some v/down)
@@ -60,14 +58,6 @@ INSTALL_GGUF = ("install gguf-py from llama.cpp's source tree, e.g. `make gguf-p
 
 def log(msg: str) -> None:
     print(f"[quantize] {msg}", file=sys.stderr, flush=True)
-
-
-def parse_type(t: str | None) -> str:
-    t = (t or DEFAULT_TYPE).strip().lower().replace("-", "_")
-    t = {"gguf:q4_k_m": "q4_k_m", "gguf:q4_0": "q4_0", "q4_k": "q4_k_m", "f16": "bf16", "16bit": "bf16"}.get(t, t)
-    if t not in GGUF_TYPES:
-        raise UserError(f"unknown GGUF type '{t}'", f"use --gguf-type with one of: {', '.join(GGUF_TYPES)}")
-    return t
 
 
 def dest_alias(base_alias: str, gguf_type: str) -> str:
@@ -146,30 +136,30 @@ def check_header(h: dict, gguf_type: str, architecture: str) -> list[Problem]:
     out: list[Problem] = []
     want_arch = GGUF_ARCH.get(architecture)
     if want_arch and h.get("architecture") != want_arch:
-        out.append(_err("gguf", f"general.architecture is {h.get('architecture')!r}, expected {want_arch!r}"))
+        out.append(error("gguf", f"general.architecture is {h.get('architecture')!r}, expected {want_arch!r}"))
     if h.get("file_type") != FILE_TYPES[gguf_type]:
-        out.append(_err("gguf", f"general.file_type is {h.get('file_type')}, expected {FILE_TYPES[gguf_type]} "
+        out.append(error("gguf", f"general.file_type is {h.get('file_type')}, expected {FILE_TYPES[gguf_type]} "
                                 f"({gguf_type})"))
     types = h.get("tensor_types") or {}
     linears = linear_types(h)
     if not linears:
-        out.append(_err("gguf", "no decoder Linear weights (blk.N.attn_*/ffn_*.weight) in the file"))
+        out.append(error("gguf", "no decoder Linear weights (blk.N.attn_*/ffn_*.weight) in the file"))
     bad = sorted(n for n, t in linears.items() if t not in LINEAR_TYPES[gguf_type])
     if bad:
-        out.append(_err("gguf", f"{len(bad)} decoder Linear weights are not {gguf_type} types, e.g. {bad[0]} is "
+        out.append(error("gguf", f"{len(bad)} decoder Linear weights are not {gguf_type} types, e.g. {bad[0]} is "
                                 f"{linears[bad[0]]}"))
     main = sum(1 for t in linears.values() if t == MAIN_TYPE[gguf_type])
     if linears and main < len(linears) / 2:
-        out.append(_err("gguf", f"only {main} of {len(linears)} decoder Linear weights are {MAIN_TYPE[gguf_type]}"))
+        out.append(error("gguf", f"only {main} of {len(linears)} decoder Linear weights are {MAIN_TYPE[gguf_type]}"))
     norms = [n for n, t in types.items() if n.endswith("norm.weight") and t not in ("F32", "BF16", "F16")]
     if norms:
-        out.append(_err("gguf", f"norm weights stored quantized, e.g. {norms[0]}"))
+        out.append(error("gguf", f"norm weights stored quantized, e.g. {norms[0]}"))
     if "token_embd.weight" not in types:
-        out.append(_err("gguf", "token_embd.weight missing"))
+        out.append(error("gguf", "token_embd.weight missing"))
     if not h.get("has_vocab"):
-        out.append(_err("gguf", "no vocabulary (tokenizer.ggml.tokens) in the file"))
+        out.append(error("gguf", "no vocabulary (tokenizer.ggml.tokens) in the file"))
     if not h.get("has_chat_template"):
-        out.append(_warn("gguf", "no chat template in the file: llama.cpp's server falls back to a generic one"))
+        out.append(warning("gguf", "no chat template in the file: llama.cpp's server falls back to a generic one"))
     return out
 
 
@@ -177,20 +167,20 @@ def check_mmproj(h: dict, lm: dict, architecture: str) -> list[Problem]:
     """The vision projector file: llama.cpp's clip/mtmd metadata, 16-bit, and its output width = the LM's input."""
     out: list[Problem] = []
     if h.get("architecture") != "clip":
-        out.append(_err("mmproj", f"general.architecture is {h.get('architecture')!r}, expected 'clip'"))
+        out.append(error("mmproj", f"general.architecture is {h.get('architecture')!r}, expected 'clip'"))
     want = PROJECTOR_TYPE.get(architecture)
     if want and h.get("projector_type") != want:
-        out.append(_err("mmproj", f"clip.projector_type is {h.get('projector_type')!r}, expected {want!r}"))
+        out.append(error("mmproj", f"clip.projector_type is {h.get('projector_type')!r}, expected {want!r}"))
     if not h.get("has_vision_encoder"):
-        out.append(_err("mmproj", "clip.has_vision_encoder is not set: no vision tower in the projector file"))
+        out.append(error("mmproj", "clip.has_vision_encoder is not set: no vision tower in the projector file"))
     low = sorted(n for n, t in (h.get("tensor_types") or {}).items() if t not in ("F16", "BF16", "F32"))
     if low:
-        out.append(_err("mmproj", f"{len(low)} vision tensors are quantized (the vision tower stays 16-bit), e.g. "
+        out.append(error("mmproj", f"{len(low)} vision tensors are quantized (the vision tower stays 16-bit), e.g. "
                                   f"{low[0]} is {h['tensor_types'][low[0]]}"))
     if h.get("file_type") not in (None, MMPROJ_FILE_TYPE):
-        out.append(_warn("mmproj", f"general.file_type is {h.get('file_type')}, expected {MMPROJ_FILE_TYPE} (F16)"))
+        out.append(warning("mmproj", f"general.file_type is {h.get('file_type')}, expected {MMPROJ_FILE_TYPE} (F16)"))
     if h.get("projection_dim") and lm.get("embedding_length") and h["projection_dim"] != lm["embedding_length"]:
-        out.append(_err("mmproj", f"the projector outputs {h['projection_dim']} values per image token, the language "
+        out.append(error("mmproj", f"the projector outputs {h['projection_dim']} values per image token, the language "
                                   f"model takes {lm['embedding_length']}"))
     return out
 
@@ -199,19 +189,19 @@ def check_files(files: set[str], require_card: bool = False, vl: bool = False) -
     out = []
     ggufs = [f for f in files if f.endswith(".gguf") and not f.startswith(MMPROJ_PREFIX)]
     if len(ggufs) != 1:
-        out.append(_err("files", f"expected one .gguf file, found {len(ggufs)}"))
+        out.append(error("files", f"expected one .gguf file, found {len(ggufs)}"))
     projs = [f for f in files if f.startswith(MMPROJ_PREFIX) and f.endswith(".gguf")]
     if vl and len(projs) != 1:
-        out.append(_err("files", f"expected one vision projector {MMPROJ_PREFIX}*.gguf, found {len(projs)}"))
+        out.append(error("files", f"expected one vision projector {MMPROJ_PREFIX}*.gguf, found {len(projs)}"))
     if not vl and projs:
-        out.append(_err("files", f"a text model with a vision projector file: {projs[0]}"))
+        out.append(error("files", f"a text model with a vision projector file: {projs[0]}"))
     for f in ("config.json", "tokenizer_config.json"):
         if f not in files:
-            out.append(_err("files", f"{f} missing (copied from the base)"))
+            out.append(error("files", f"{f} missing (copied from the base)"))
     if require_card:
         for f in ("README.md", "quantization_report.json"):
             if f not in files:
-                out.append(_err("files", f"{f} missing"))
+                out.append(error("files", f"{f} missing"))
     return out
 
 
@@ -225,14 +215,14 @@ def lint_folder(folder: Path, gguf_type: str, architecture: str, require_card: b
     try:
         h = read_header(f)
     except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
-        return probs + [_err("gguf", f"{f.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})")]
+        return probs + [error("gguf", f"{f.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})")]
     probs += check_header(h, gguf_type, architecture)
     m = mmproj_file(folder) if vl else None
     if m is not None:
         try:
             probs += check_mmproj(read_header(m), h, architecture)
         except Exception as e:  # noqa: BLE001 - truncated / not a GGUF file
-            probs.append(_err("mmproj", f"{m.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})"))
+            probs.append(error("mmproj", f"{m.name}: header unreadable ({type(e).__name__}: {str(e)[:120]})"))
     return probs
 
 
@@ -342,102 +332,49 @@ def write_quantized(model_location: str, base_dir: Path, gguf_type: str, kwargs:
 
 @dataclass
 class Job:
-    """One GGUF export, checked and planned by `prepare` (nothing written yet); `build` writes it into a staging
-    folder. Separate so that `python -m quantize --formats gptq,...,gguf` checks everything before any tuning and
-    places nothing unless every format passed (quantize/api.py)."""
+    """One GGUF export, checked and planned by `prepare` (nothing written yet); `build` writes it into the run's
+    staging folder, beside the safetensors formats, so that a run checks everything before any tuning and places
+    nothing unless every format passed (quantize/api.py `run`)."""
 
+    opts: QuantizeOptions
     resolved: catalog.Resolved
     arch: str
     modality: str
-    gtype: str
-    rec: Recipe
-    dataset: str | None
-    local_corpus: bool
     dev: str
-    device_map: str | None
-    do_verify: bool
-    debug: bool
+    local_corpus: bool
     base_dir: Path
     lay: Layout
     stem: str
     fname: str
     alias: str
     dest: Path
-    command: str
-    t_start: float
 
 
-def export(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Path:
-    """Quantize/convert `model` to one verified GGUF artifact folder; returns it."""
-    from quantize import export as exp
-
-    job = prepare(model, gguf_type, recipe, **overrides)
-    with exp.Staging(job.dest.parent, job.alias) as st:
-        folder = build(job, st)
-        st.place({"gguf": folder}, {"gguf": job.dest})
-    log(f"wrote {job.dest}")
-    log(f"done in {time.time() - job.t_start:.0f} s")
-    return job.dest
-
-
-def prepare(model: str, gguf_type: str | None = None, recipe="default", **overrides) -> Job:
-    """Every check that needs no tuning (options, base model, destination, converter); writes nothing."""
+def prepare(opts: QuantizeOptions, resolved: catalog.Resolved, arch: str, modality: str, dest: Path) -> Job:
+    """Every GGUF check that needs no tuning (architecture, base files, converter, calibration source); writes
+    nothing. The options, the base model and the destination were checked by the caller (quantize/api.py)."""
     from quantize import calibration, layout, recipes, source
 
-    t_start = time.time()
-    gtype = parse_type(gguf_type)
-    ov = dict(overrides)
-    command = ov.pop("command", None) or f"python -m quantize --model {model} --formats gguf --gguf-type {gtype}"
-    recipes.check_scheme(bits=ov.pop("bits", None), group_size=ov.pop("group_size", None),
-                         sym=(False if ov.pop("asym", False) else None), scheme=ov.pop("scheme", None))
-    recipe_overrides = {k: ov.pop(k, None) for k in recipes.OVERRIDABLE}
-    rec = recipes.get(recipe, **recipe_overrides)
-    dataset = ov.pop("dataset", None)
-    output = ov.pop("output", None)
-    device = ov.pop("device", "auto")
-    device_map = ov.pop("device_map", None)
-    overwrite = bool(ov.pop("overwrite", False))
-    do_verify = ov.pop("verify", True)
-    debug = bool(ov.pop("debug", False))
-    if ov.pop("push_to_hub", None):
-        raise UserError("--push-to-hub is not supported for GGUF artifacts yet",
-                        "push the folder afterwards with `hf upload ORG/NAME <folder>`")
-    if ov:
-        raise UserError(f"unknown option(s): {', '.join(sorted(ov))}", "see `python -m quantize --help`")
-    if dataset is not None and not Path(dataset).expanduser().is_file():
-        raise UserError(f"calibration dataset not found: {dataset}", "pass a local .txt, .jsonl or .json file")
-
-    resolved = catalog.resolve(model)
-    _, arch, modality = source.check_base(resolved)
     if arch not in GGUF_ARCH:
         raise UserError(f"GGUF export supports Qwen3 and Qwen3-VL models, not {arch}",
                         "export this model with --formats autoround,gptq,awq and serve it with vLLM")
-    dest_parent = Path(output).expanduser().resolve() if output else catalog.artifact_root()
-    alias = dest_alias(source.dest_alias(resolved, "gguf"), gtype)
-    dest = dest_parent / alias
-    if dest.exists() and not overwrite:
-        raise UserError(f"output exists: {dest}", "pass --overwrite to replace it (kept until the new one is complete "
-                        "and verified), or choose --output")
     base_dir = source.base_folder(resolved)
-    if not debug:
+    if not opts.debug:
         os.environ.setdefault("AR_LOG_LEVEL", "ERROR")  # before AutoRound loads; --debug shows its log
     _conversion(base_dir)  # fail before any tuning when gguf-py does not fit
     import torch
 
-    dev = recipes.resolve_device(device, torch.cuda.is_available())
+    dev = recipes.resolve_device(opts.device, torch.cuda.is_available())
     lay = layout.from_safetensors(base_dir, arch)
     stem = resolved.variant.family.base_alias if resolved.variant else Path(resolved.location).name
-    fname = f"{stem}-{gtype.upper()}.gguf"
-    local_corpus = bool(resolved.variant and resolved.variant.family.local_only) or \
-        bool(resolved.path and (resolved.path / "tiny_model.json").is_file())
-    if gtype != "bf16" and dataset is None and not local_corpus and source.offline():
+    local_corpus = source.local_corpus(resolved)
+    if opts.gguf_type != "bf16" and opts.dataset is None and not local_corpus and source.offline():
         raise UserError(f"no --dataset given, and AutoRound's default ({calibration.AUTOROUND_DEFAULT}) "
                         "needs the network but HF_HUB_OFFLINE is set",
                         "pass --dataset with a local .txt/.jsonl/.json file")
-    return Job(resolved=resolved, arch=arch, modality=modality, gtype=gtype, rec=rec, dataset=dataset,
-               local_corpus=local_corpus, dev=dev, device_map=device_map, do_verify=do_verify, debug=debug,
-               base_dir=base_dir, lay=lay, stem=stem, fname=fname, alias=alias, dest=dest, command=command,
-               t_start=t_start)
+    return Job(opts=opts, resolved=resolved, arch=arch, modality=modality, dev=dev, local_corpus=local_corpus,
+               base_dir=base_dir, lay=lay, stem=stem, fname=f"{stem}-{opts.gguf_type.upper()}.gguf",
+               alias=dest.name, dest=dest)
 
 
 def build(job: Job, st) -> Path:
@@ -445,10 +382,11 @@ def build(job: Job, st) -> Path:
     Placing it is the caller's (nothing is placed when this raises)."""
     from quantize import calibration, card, export as exp, recipes, verify
 
-    resolved, arch, modality, gtype, rec = job.resolved, job.arch, job.modality, job.gtype, job.rec
+    o = job.opts
+    resolved, arch, modality, gtype, rec = job.resolved, job.arch, job.modality, o.gguf_type, o.recipe
     base_dir, lay, stem, fname, alias, dest = job.base_dir, job.lay, job.stem, job.fname, job.alias, job.dest
-    dataset, dev, device_map, debug, do_verify = job.dataset, job.dev, job.device_map, job.debug, job.do_verify
-    local_corpus, command = job.local_corpus, job.command
+    dataset, dev, device_map, debug, do_verify = o.dataset, job.dev, o.device_map, o.debug, o.verify
+    local_corpus, command = job.local_corpus, o.command
     linear_names = [e.name for e in lay.quantized]
     cal = None
     kwargs: dict = {}

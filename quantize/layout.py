@@ -6,11 +6,11 @@ norms, lm_head, and for VL the whole vision tower (patch embed, blocks, merger, 
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import artifact
 from core.catalog import TEXT_ARCH, VL_ARCH
 from core.errors import UserError
 from quantize.recipes import GROUP_SIZE
@@ -134,18 +134,6 @@ def modality_of(config: dict) -> tuple[str, str]:
                     f"this tool quantizes {TEXT_ARCH} and {VL_ARCH} models")
 
 
-def read_config(model_dir: Path) -> dict:
-    p = Path(model_dir) / "config.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{model_dir} is not a model folder (no config.json)", "pass a model folder or an alias") \
-            from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p} is not valid JSON ({type(e).__name__})",
-                        "the model folder is corrupt: rebuild or re-download it") from None
-
-
 def from_model(model, architecture: str) -> Layout:
     """Layout of a loaded torch model (what AutoRound loaded)."""
     import torch
@@ -187,19 +175,13 @@ def from_safetensors(model_dir: Path, architecture: str) -> Layout:
 
 
 def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """name -> shape for every tensor in a folder's safetensors files (headers only)."""
-    from safetensors import safe_open
-
+    """name -> shape for every tensor in a folder's safetensors files (headers only: core.artifact)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise UserError(f"no .safetensors weights in {model_dir}", "this tool reads safetensors checkpoints only")
-    out: dict[str, tuple[int, ...]] = {}
     for f in files:
-        try:
-            with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
-                    out[k] = tuple(sf.get_slice(k).get_shape())
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-            raise UserError(f"cannot read weights {f.name} in {model_dir} ({type(e).__name__})",
-                            "the file is corrupt or truncated: rebuild or re-download the model") from None
-    return out
+        problem = artifact.safetensors_problem(f)
+        if problem:
+            raise UserError(f"cannot read weights {f.name} in {model_dir} ({problem})",
+                            "the file is corrupt or truncated: rebuild or re-download the model")
+    return {name: shape for name, (shape, _) in artifact.tensors(model_dir).items()}

@@ -21,6 +21,9 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from core import artifact
+from core.catalog import FORMATS
+from core.errors import UserError
 from quantize.problems import Problem, error, warning
 from quantize.recipes import BITS, GROUP_SIZE
 
@@ -33,9 +36,6 @@ VLLM_PREFIX_MAP = {
 }
 CPU_TILE = 32  # vLLM CPU cpu_gemm_wna16 works on 32-wide tiles
 MARLIN_N, MARLIN_K = 64, 128
-
-
-_err, _warn = error, warning  # this module's short spellings
 
 
 # ---------------------------------------------------------------- names
@@ -178,70 +178,70 @@ def _map_config_names(qc: dict, architecture: str) -> dict:
 
 # ---------------------------------------------------------------- rules
 
-EXPECTED_METHOD = {"autoround": "auto-round", "gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors"}
+EXPECTED_METHOD = {n: f.quant_method for n, f in FORMATS.items() if f.quant_method}  # what AutoRound writes
 
 
 def check_files(files: set[str], modality: str, require_card: bool = False) -> list[Problem]:
     out = []
     if "config.json" not in files:
-        out.append(_err("files", "config.json missing"))
+        out.append(error("files", "config.json missing"))
     if not any(f.endswith(".safetensors") for f in files):
-        out.append(_err("files", "no .safetensors weights"))
+        out.append(error("files", "no .safetensors weights"))
     if any(f.startswith("model-") and f.endswith(".safetensors") for f in files) and \
             "model.safetensors.index.json" not in files:
-        out.append(_err("files", "sharded weights without model.safetensors.index.json"))
+        out.append(error("files", "sharded weights without model.safetensors.index.json"))
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if f not in files:
-            out.append(_err("files", f"{f} missing"))
+            out.append(error("files", f"{f} missing"))
     if "chat_template.jinja" not in files and "chat_template.json" not in files and "tokenizer_config.json" in files:
-        out.append(_err("files", "no chat template (chat_template.jinja)"))
+        out.append(error("files", "no chat template (chat_template.jinja)"))
     if modality == "vl":
         for f in ("preprocessor_config.json", "processor_config.json"):
             if f not in files:
-                out.append(_err("files", f"{f} missing (vLLM and transformers need it for images)"))
+                out.append(error("files", f"{f} missing (vLLM and transformers need it for images)"))
     if require_card and "README.md" not in files:
-        out.append(_err("files", "README.md (model card) missing"))
+        out.append(error("files", "README.md (model card) missing"))
     return out
 
 
 def check_scheme(fmt: str, qc: dict | None) -> list[Problem]:
     if not qc:
-        return [_err("scheme", "config.json has no quantization_config")]
+        return [error("scheme", "config.json has no quantization_config")]
     out = []
     method = qc.get("quant_method")
     if method != EXPECTED_METHOD.get(fmt):
-        out.append(_err("scheme", f"quant_method is {method!r}, expected {EXPECTED_METHOD.get(fmt)!r} for {fmt}"))
+        out.append(error("scheme", f"quant_method is {method!r}, expected {EXPECTED_METHOD.get(fmt)!r} for {fmt}"))
     if method == "compressed-tensors":
         groups = (qc.get("config_groups") or {}).values()
         for g in groups:
             w = g.get("weights") or {}
             if w.get("num_bits") != BITS:
-                out.append(_err("scheme", f"num_bits {w.get('num_bits')}, expected {BITS}"))
+                out.append(error("scheme", f"num_bits {w.get('num_bits')}, expected {BITS}"))
             if w.get("group_size") != GROUP_SIZE:
-                out.append(_err("scheme", f"group_size {w.get('group_size')}, expected {GROUP_SIZE}"))
+                out.append(error("scheme", f"group_size {w.get('group_size')}, expected {GROUP_SIZE}"))
             if w.get("symmetric") is not True:
-                out.append(_err("scheme", "asymmetric weights: only symmetric W4A16 is supported"))
+                out.append(error("scheme", "asymmetric weights: only symmetric W4A16 is supported"))
         if not groups:
-            out.append(_err("scheme", "compressed-tensors config without config_groups"))
+            out.append(error("scheme", "compressed-tensors config without config_groups"))
         return out
     if qc.get("bits") != BITS:
-        out.append(_err("scheme", f"bits {qc.get('bits')}, expected {BITS}"))
+        out.append(error("scheme", f"bits {qc.get('bits')}, expected {BITS}"))
     if qc.get("group_size") != GROUP_SIZE:
-        out.append(_err("scheme", f"group_size {qc.get('group_size')}, expected {GROUP_SIZE}"))
+        out.append(error("scheme", f"group_size {qc.get('group_size')}, expected {GROUP_SIZE}"))
     if method == "awq":
         if qc.get("zero_point") is not False:
-            out.append(_err("scheme", "AWQ with zero_point: asymmetric; only symmetric W4A16 is supported"))
+            out.append(error("scheme", "AWQ with zero_point: asymmetric; only symmetric W4A16 is supported"))
         if str(qc.get("version", "gemm")).lower() != "gemm":
-            out.append(_err("scheme", f"AWQ version {qc.get('version')}: vLLM reads the gemm layout"))
+            out.append(error("scheme", f"AWQ version {qc.get('version')}: vLLM reads the gemm layout"))
     elif qc.get("sym") is not True:
-        out.append(_err("scheme", "sym is not true: asymmetric checkpoints are rejected by vLLM (GPTQ) "
+        out.append(error("scheme", "sym is not true: asymmetric checkpoints are rejected by vLLM (GPTQ) "
                                   "or break (AWQ/auto-round)"))
     if method == "gptq" and qc.get("desc_act"):
-        out.append(_err("scheme", "desc_act (act-order) is on: vLLM's CPU W4A16 kernel does not support it"))
+        out.append(error("scheme", "desc_act (act-order) is on: vLLM's CPU W4A16 kernel does not support it"))
     if method == "auto-round":
         pf = str(qc.get("packing_format", "auto_round:auto_gptq"))
         if not pf.startswith("auto_round"):
-            out.append(_err("scheme", f"unexpected packing_format {pf}"))
+            out.append(error("scheme", f"unexpected packing_format {pf}"))
     return out
 
 
@@ -260,19 +260,19 @@ def check_modules(fmt: str, qc: dict, tensors: dict, architecture: str,
         elif not vq and m.get("quantized"):
             wrong_16.append(name)
     if wrong_q:
-        out.append(_err("modules", f"{len(wrong_q)} 16-bit module(s) that vLLM would load as quantized "
+        out.append(error("modules", f"{len(wrong_q)} 16-bit module(s) that vLLM would load as quantized "
                                    f"(its config list does not exclude them), e.g. {', '.join(wrong_q[:3])}"))
     if wrong_16:
-        out.append(_err("modules", f"{len(wrong_16)} quantized module(s) that vLLM would load as 16-bit, "
+        out.append(error("modules", f"{len(wrong_16)} quantized module(s) that vLLM would load as 16-bit, "
                                    f"e.g. {', '.join(wrong_16[:3])}"))
     if qc.get("quant_method") in ("gptq", "auto-round", "awq"):
         lq = [n for n, m in sorted(mods.items()) if loader_quantized(qc, n) and not m.get("quantized")]
         l16 = [n for n, m in sorted(mods.items()) if not loader_quantized(qc, n) and m.get("quantized")]
         if lq:
-            out.append(_err("modules", f"{len(lq)} 16-bit module(s) that transformers (AutoRoundConfig) would load "
+            out.append(error("modules", f"{len(lq)} 16-bit module(s) that transformers (AutoRoundConfig) would load "
                                        f"as quantized (no block/module list bounds them), e.g. {', '.join(lq[:3])}"))
         if l16:
-            out.append(_err("modules", f"{len(l16)} quantized module(s) that transformers (AutoRoundConfig) would "
+            out.append(error("modules", f"{len(l16)} quantized module(s) that transformers (AutoRoundConfig) would "
                                        f"load as 16-bit, e.g. {', '.join(l16[:3])}"))
     # fused groups (q/k/v, gate/up) must agree: vLLM loads them as one layer
     for name, m in mods.items():
@@ -281,21 +281,21 @@ def check_modules(fmt: str, qc: dict, tensors: dict, architecture: str,
             if leaf == parts[0]:
                 states = {mods.get(f"{head}.{p}", {}).get("quantized") for p in parts}
                 if len(states) > 1:
-                    out.append(_err("modules", f"{head}.{fused}: parts {parts} are not all quantized or all 16-bit"))
+                    out.append(error("modules", f"{head}.{fused}: parts {parts} are not all quantized or all 16-bit"))
     if expected_4bit is not None:
         got = {n for n, m in mods.items() if m.get("quantized")}
         exp = set(expected_4bit)
         if got - exp:
-            out.append(_err("layout", f"quantized but meant to stay 16-bit: {', '.join(sorted(got - exp)[:4])}"))
+            out.append(error("layout", f"quantized but meant to stay 16-bit: {', '.join(sorted(got - exp)[:4])}"))
         if exp - got:
-            out.append(_err("layout", f"meant to be 4-bit but stored 16-bit: {', '.join(sorted(exp - got)[:4])}"))
+            out.append(error("layout", f"meant to be 4-bit but stored 16-bit: {', '.join(sorted(exp - got)[:4])}"))
     if not any(m.get("quantized") for m in mods.values()):
-        out.append(_err("modules", "no quantized module in the checkpoint"))
+        out.append(error("modules", "no quantized module in the checkpoint"))
     for name, m in mods.items():
         if m.get("quantized") and any(t in name for t in ("visual", "vision")):
-            out.append(_err("layout", f"vision module {name} is quantized: the vision tower must stay 16-bit"))
+            out.append(error("layout", f"vision module {name} is quantized: the vision tower must stay 16-bit"))
         if m.get("quantized") and name.endswith("lm_head"):
-            out.append(_err("layout", "lm_head is quantized: it must stay 16-bit"))
+            out.append(error("layout", "lm_head is quantized: it must stay 16-bit"))
     return out
 
 
@@ -307,7 +307,7 @@ def check_shapes(tensors: dict) -> list[Problem]:
             continue
         i, o = m.get("in"), m.get("out")
         if i is None or o is None:
-            out.append(_err("shapes", f"{name}: cannot tell its shape (scales missing?)"))
+            out.append(error("shapes", f"{name}: cannot tell its shape (scales missing?)"))
             continue
         if i % GROUP_SIZE:
             bad_group.append(f"{name} in={i}")
@@ -316,12 +316,12 @@ def check_shapes(tensors: dict) -> list[Problem]:
         if i % MARLIN_K or o % MARLIN_N:
             bad_marlin.append(f"{name} {o}x{i}")
     if bad_group:
-        out.append(_err("shapes", f"in_features not a multiple of group size {GROUP_SIZE}: {', '.join(bad_group[:3])}"))
+        out.append(error("shapes", f"in_features not a multiple of group size {GROUP_SIZE}: {', '.join(bad_group[:3])}"))
     if bad_cpu:
-        out.append(_err("shapes", f"in/out features not multiples of {CPU_TILE} (vLLM CPU 4-bit kernel tiles): "
+        out.append(error("shapes", f"in/out features not multiples of {CPU_TILE} (vLLM CPU 4-bit kernel tiles): "
                                   f"{', '.join(bad_cpu[:3])}"))
     if bad_marlin:
-        out.append(_warn("shapes", f"not Marlin-tileable on GPU (out % {MARLIN_N}, in % {MARLIN_K}); vLLM falls back "
+        out.append(warning("shapes", f"not Marlin-tileable on GPU (out % {MARLIN_N}, in % {MARLIN_K}); vLLM falls back "
                                    f"to a slower kernel there: {', '.join(bad_marlin[:3])}"))
     return out
 
@@ -329,22 +329,15 @@ def check_shapes(tensors: dict) -> list[Problem]:
 def check_dtypes(tensors: dict) -> list[Problem]:
     f32 = [n for n, (_, dt) in tensors.items() if dt == "F32"]
     if f32:
-        return [_warn("dtypes", f"{len(f32)} float32 tensors (16-bit expected), e.g. {f32[0]}")]
+        return [warning("dtypes", f"{len(f32)} float32 tensors (16-bit expected), e.g. {f32[0]}")]
     return []
 
 
 # ---------------------------------------------------------------- a folder
 
 def read_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
-                s = sf.get_slice(k)
-                out[k] = (tuple(s.get_shape()), s.get_dtype())
-    return out
+    """name -> (shape, dtype) of every tensor in the folder's safetensors (headers only)."""
+    return artifact.tensors(folder)
 
 
 def lint_folder(folder: Path, fmt: str, modality: str, architecture: str,
@@ -353,19 +346,18 @@ def lint_folder(folder: Path, fmt: str, modality: str, architecture: str,
     if fmt == "gguf":  # llama.cpp's single-file format: its own rules (header, tensor types)
         from quantize.gguf import lint_folder as lint_gguf
 
-        qtype = (json.loads((folder / "quantization_report.json").read_text()).get("gguf_type")
-                 if (folder / "quantization_report.json").is_file() else None) or "q4_k_m"
+        qtype = artifact.read_report(folder).get("gguf_type") or "q4_k_m"
         return lint_gguf(folder, qtype, architecture, require_card)
     files = {f.name for f in folder.iterdir() if f.is_file()}
     problems = check_files(files, modality, require_card)
     try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return problems + [_err("files", f"config.json unreadable: {e}")]
-    qc = cfg.get("quantization_config")
-    problems += check_scheme(fmt, qc)
+        cfg = artifact.read_config(folder)
+        qc = cfg.get("quantization_config")
+        problems += check_scheme(fmt, qc)
+        tensors = read_tensors(folder) if qc else {}
+    except UserError as e:  # config.json or a weights header unreadable
+        return problems + [error("files", e.what)]
     if qc:
-        tensors = read_tensors(folder)
         problems += check_modules(fmt, qc, tensors, architecture, expected_4bit)
         problems += check_shapes(tensors)
         problems += check_dtypes(tensors)

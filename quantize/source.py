@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import catalog
+from core import artifact, catalog
 from core.errors import UserError
 from quantize import layout
 
@@ -23,7 +23,7 @@ def check_base(resolved: catalog.Resolved) -> tuple[dict | None, str, str]:
         raise UserError(f"'{resolved.name}' is already a quantized variant",
                         f"quantize its 16-bit base instead: --model {resolved.variant.family.base_alias}")
     if resolved.source == "local":
-        cfg = layout.read_config(resolved.path)
+        cfg = artifact.read_config(resolved.path)
         if cfg.get("quantization_config"):
             raise UserError(f"{resolved.location} is already quantized "
                             f"({cfg['quantization_config'].get('quant_method')})", "pass a 16-bit base model")
@@ -58,3 +58,9 @@ def base_folder(resolved: catalog.Resolved) -> Path:
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def local_corpus(resolved: catalog.Resolved) -> bool:
+    """Tiny local models (catalog entries, or copies of their folders) calibrate on text found on this machine."""
+    return bool(resolved.variant and resolved.variant.family.local_only) or \
+        bool(resolved.path and (resolved.path / "tiny_model.json").is_file())

@@ -14,12 +14,12 @@ a packing error in any format shows up as a large cross-format KL and fails veri
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import artifact
 from quantize.recipes import BITS, GROUP_SIZE
 
 NEW_TOKENS = 16
@@ -175,7 +175,7 @@ def load_base(path: Path, modality: str, device: str):
 def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None):
     """(model, loader description)."""
 
-    qc = json.loads((Path(path) / "config.json").read_text()).get("quantization_config", {})
+    qc = artifact.quantization_config(artifact.read_config(path))
     if qc.get("quant_method") in ("auto-round", "gptq"):
         from transformers import AutoRoundConfig
 
@@ -234,7 +234,7 @@ def load_dequantized(path: Path, base_dir: Path, modality: str, device: str):
     import torch
     from safetensors import safe_open
 
-    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+    qc = artifact.quantization_config(artifact.read_config(path))
     method = qc.get("quant_method")
     group = int(qc.get("group_size", GROUP_SIZE))
     model = load_base(base_dir, modality, "cpu")
@@ -319,7 +319,6 @@ def gguf_vision(path: Path, mmproj: Path, base_dir: Path, debug: bool = False) -
     import base64
     import ctypes
     import io
-    import json
     import os
 
     import llama_cpp.mtmd_cpp as mtmd
@@ -333,7 +332,7 @@ def gguf_vision(path: Path, mmproj: Path, base_dir: Path, debug: bool = False) -
     enc = proc.apply_chat_template([{"role": "user", "content": [{"type": "image", "image": img},
                                                                  {"type": "text", "text": prompt}]}],
                                    add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    image_token = json.loads((Path(base_dir) / "config.json").read_text()).get("image_token_id")
+    image_token = artifact.read_config(base_dir).get("image_token_id")
     hf_tokens = int((enc["input_ids"] == image_token).sum())
     buf = io.BytesIO()
     img.save(buf, "PNG")

@@ -29,6 +29,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.artifact import read_config  # serve's one config reader (re-exported: serve.args.read_config)
 from core.catalog import Resolved
 from core.errors import UserError
 from core.hardware import Hardware
@@ -94,20 +95,6 @@ class ServeOptions:
 
 
 # ---------------------------------------------------------------- reading a checkpoint
-
-def read_config(folder: str | Path) -> dict:
-    p = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no config.json", "pass a model folder, an alias or a Hub id") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{p} is not valid JSON ({str(e).splitlines()[0]})",
-                        "re-create the artifact (`python -m quantize ...`) or fix the file") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{p} is not a JSON object", "re-create the artifact or fix the file")
-    return cfg
-
 
 def hub_cached_config(repo_id: str) -> str | None:
     try:
