@@ -64,6 +64,7 @@ class Report:
     cross_format: dict[str, float] = field(default_factory=dict)  # "gptq~awq": KL
     problems: list[str] = field(default_factory=list)
     vision: dict | None = None  # a VL GGUF's projector run by llama.cpp (gguf_vision)
+    dtype: str = "float32"  # what base, RTN and the safetensors exports ran in (compute_dtype)
 
     @property
     def ok(self) -> bool:
@@ -71,14 +72,14 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"prompts": self.prompts, "positions": self.positions, "with_image": self.with_image,
-                "new_tokens_per_prompt": NEW_TOKENS,
+                "new_tokens_per_prompt": NEW_TOKENS, "dtype": self.dtype,
                 "results": {k: r.as_dict() for k, r in self.results.items()},
                 "cross_format_kl": {k: round(v, 6) for k, v in self.cross_format.items()},
                 "vision": self.vision, "problems": self.problems, "ok": self.ok}
 
     def table(self) -> str:
         lines = [(f"verify: {self.prompts} held-out prompts{' with an image' if self.with_image else ''}, "
-                  f"{self.positions} greedy positions, vs the 16-bit base"),
+                  f"{self.positions} greedy positions, vs the 16-bit base (run in {self.dtype})"),
                  f"  {'model':<20} {'KL mean':>10} {'KL max':>10} {'top-1':>7}  loader"]
         for r in self.results.values():
             if r.error:
@@ -160,33 +161,44 @@ def _auto_cls(modality: str):
     return AutoModelForImageTextToText if modality == "vl" else AutoModelForCausalLM
 
 
-def compute_dtype(device: str):
-    """bf16 on a GPU; float32 on a CPU (bf16 matmuls are emulated, and slow, on CPUs without AVX-512 bf16)."""
+def compute_dtype(device: str, base_dir: Path | None = None):
+    """bf16 on a GPU. On a CPU float32 (bf16 matmuls are emulated, and slow, on CPUs without AVX-512 bf16), unless
+    the base in float32 would take over half this machine's RAM: then bf16 (a 4B base is 16 GB in float32 and
+    24 GB of RAM could not hold it beside an export). Base, RTN and exports always run in the same dtype."""
     import torch
 
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    if base_dir is not None:
+        from core import hardware
+
+        fp32_gib = 2 * artifact.inspect(base_dir).weight_bytes / 2**30  # the base is stored in 16 bits
+        if fp32_gib > hardware.detect().mem_total_gib / 2:
+            return torch.bfloat16
+    return torch.float32
 
 
-def load_base(path: Path, modality: str, device: str):
-    m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device)
+def load_base(path: Path, modality: str, device: str, dtype=None):
+    m = _auto_cls(modality).from_pretrained(path, dtype=dtype or compute_dtype(device, path), device_map=device)
     return m.eval()
 
 
-def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None):
+def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None, dtype=None):
     """(model, loader description)."""
 
+    dtype = dtype or compute_dtype(device, base_dir)
     qc = artifact.quantization_config(artifact.read_config(path))
     if qc.get("quant_method") in ("auto-round", "gptq"):
         from transformers import AutoRoundConfig
 
-        m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device,
+        m = _auto_cls(modality).from_pretrained(path, dtype=dtype, device_map=device,
                                                 quantization_config=AutoRoundConfig(backend="auto"))
         return m.eval(), "transformers + AutoRoundConfig"
     if qc.get("quant_method") == "compressed-tensors":
-        m = _auto_cls(modality).from_pretrained(path, dtype=compute_dtype(device), device_map=device)
+        m = _auto_cls(modality).from_pretrained(path, dtype=dtype, device_map=device)
         return m.eval(), "transformers (compressed-tensors)"
     if qc.get("quant_method") == "awq":
-        return load_dequantized(path, base_dir, modality, device), "packed AWQ int4 dequantized here"
+        return load_dequantized(path, base_dir, modality, device, dtype), "packed AWQ int4 dequantized here"
     raise ValueError(f"no loader for quant_method {qc.get('quant_method')}")
 
 
@@ -228,45 +240,48 @@ def dequantize_gptq(qweight, qzeros, scales, g_idx=None, group: int = GROUP_SIZE
     return ((w - z[idx]).float() * scales.float()[idx]).t().contiguous()
 
 
-def load_dequantized(path: Path, base_dir: Path, modality: str, device: str):
-    """The 16-bit base architecture filled with an export's tensors, its packed int4 weights dequantized.
-    Every tensor of the export must land in the model, and every weight of the model must come from the export."""
+def load_dequantized(path: Path, base_dir: Path, modality: str, device: str, dtype=None):
+    """The 16-bit base architecture filled with an export's tensors, its packed int4 weights dequantized one module
+    at a time (peak: the model plus one module's tensors). Every tensor of the export must land in the model, and
+    every weight of the model must come from the export."""
     import torch
     from safetensors import safe_open
 
     qc = artifact.quantization_config(artifact.read_config(path))
     method = qc.get("quant_method")
     group = int(qc.get("group_size", GROUP_SIZE))
-    model = load_base(base_dir, modality, "cpu")
-    tensors = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict: keys() is its API
-                tensors[k] = sf.get_tensor(k)
-    state = {}
-    for k, t in tensors.items():
-        mod, _, leaf = k.rpartition(".")
-        if leaf == "qweight":
-            if method == "awq":
-                w = dequantize_awq(t, tensors[f"{mod}.qzeros"], tensors[f"{mod}.scales"], group)
-            else:
-                w = dequantize_gptq(t, tensors[f"{mod}.qzeros"], tensors[f"{mod}.scales"],
-                                    tensors.get(f"{mod}.g_idx"), group)
-            state[f"{mod}.weight"] = w
-        elif leaf in ("qzeros", "scales", "g_idx"):
-            continue
-        else:
-            state[k] = t
+    model = load_base(base_dir, modality, "cpu", dtype)
     own = model.state_dict()
-    unknown = [k for k in state if k not in own]
+    filled, unknown = set(), []
+    with torch.no_grad():
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as sf:
+                names = set(sf.keys())
+                for k in sorted(names):
+                    mod, _, leaf = k.rpartition(".")
+                    if leaf in ("qzeros", "scales", "g_idx") and f"{mod}.qweight" in names:
+                        continue
+                    if leaf == "qweight":
+                        parts = [sf.get_tensor(f"{mod}.{x}") for x in ("qweight", "qzeros", "scales")]
+                        if method == "awq":
+                            t = dequantize_awq(*parts, group)
+                        else:
+                            g_idx = sf.get_tensor(f"{mod}.g_idx") if f"{mod}.g_idx" in names else None
+                            t = dequantize_gptq(*parts, g_idx, group)
+                        k = f"{mod}.weight"
+                    else:
+                        t = sf.get_tensor(k)
+                    if k not in own:
+                        unknown.append(k)
+                        continue
+                    own[k].copy_(t.to(own[k].dtype))
+                    filled.add(k)
+                    del t
     if unknown:
         raise RuntimeError(f"{len(unknown)} export tensors have no place in the model, e.g. {unknown[:2]}")
-    left = [k for k in own if k not in state and not k.endswith("inv_freq")]
+    left = [k for k in own if k not in filled and not k.endswith("inv_freq")]
     if left:
         raise RuntimeError(f"export lacks {len(left)} tensors of the model, e.g. {left[:2]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v.to(own[k].dtype))
     return model.to(device).eval()
 
 
@@ -432,7 +447,8 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
     torch.manual_seed(0)
     prompts = text_prompts(held_out)
     items = build_inputs(base_dir, modality, prompts)
-    base = load_base(base_dir, modality, device)
+    dtype = compute_dtype(device, base_dir)
+    base = load_base(base_dir, modality, device, dtype)
     seqs = []
     with torch.no_grad():
         for it in items:
@@ -441,7 +457,7 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
             seqs.append((gen.cpu(), it["input_ids"].shape[1]))
     ref = _logits(base, items, seqs, device)
     positions = sum(r.shape[0] for r in ref)
-    rep = Report(prompts=len(items), positions=positions, with_image=modality == "vl")
+    rep = Report(prompts=len(items), positions=positions, with_image=modality == "vl", dtype=str(dtype).split(".")[-1])
 
     t0 = time.time()
     rtn_inplace(base, linear_names)
@@ -471,7 +487,7 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
                         rep.problems.append("gguf: no answer to the test picture through the projector")
                     log(f"verified gguf vision: {v['image_tokens']} image tokens, {v['answer_tokens']} answer tokens")
             else:
-                model, loader = load_export(path, fmt, modality, device, base_dir)
+                model, loader = load_export(path, fmt, modality, device, base_dir, dtype)
                 lg = _logits(model, items, seqs, device)
                 del model
             release_memory()
