@@ -1,0 +1,19 @@
+"""GGUF: llama.cpp's single-file format (language model, plus a 16-bit mmproj projector for VL), built, linted and
+described by quantize/gguf.py and served by llama.cpp. Its types' sizes are bits per weight, measured."""
+from __future__ import annotations
+
+from core.formats.base import Format
+
+# bits per weight of the language model, measured on bench-text (reports/cpu-2026-12-01: Q4_K_M 0.269 GB,
+# Q4_0 0.254 GB, BF16 0.898 GB for 0.449e9 params); the default type first
+BITS_PER_WEIGHT = {"q4_k_m": 4.79, "q4_0": 4.52, "bf16": 16.0}
+
+
+def file_type(file_name: str) -> str:
+    """The GGUF type a file name says (llama.cpp's convention: `<name>-Q4_K_M.gguf`), the default when none."""
+    n = file_name.upper()
+    return "bf16" if "BF16" in n or "F16" in n else ("q4_0" if "Q4_0" in n else "q4_k_m")
+
+
+FORMAT = Format("gguf", "gguf", "gguf:q4_k_m", None, None, container="gguf", engine="llamacpp",
+                bits_per_weight=BITS_PER_WEIGHT)
