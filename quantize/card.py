@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from core.formats import FORMATS
+
 LICENSE = "apache-2.0"
 
 
@@ -29,6 +31,7 @@ def render(report: dict) -> str:
     modality = lay["modality"]
     pipeline = "image-text-to-text" if modality == "vl" else "text-generation"
     tags = ["w4a16", "int4", "autoround", fmt, "vllm", "qwen3" if modality == "text" else "qwen3-vl"]
+    note = FORMATS[fmt].card_note if fmt in FORMATS else ""  # the format's own paragraph (core/formats)
 
     fm = [
         "---",
@@ -153,9 +156,7 @@ def render(report: dict) -> str:
          "quantization_config=AutoRoundConfig(backend=\"auto\"))"),
         "```",
         "",
-        *([("On a CPU, transformers needs an AWQ kernel package (`gptqmodel` or `autoawq`) for this format; "
-            "vLLM reads it as is. This project's verify reads the packed AWQ weights directly."), ""]
-          if fmt == "awq" else []),
+        *([note, ""] if note else []),
         f"Made with `{report['command']}`.",
         "",
     ]

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import artifact
-from core.catalog import FORMATS, format_of_quant_method
 from core.errors import UserError
+from core.formats import FORMATS, for_quant_method, format_of_quant_method
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
@@ -198,10 +198,9 @@ def complete(folder: Path, base_dir: Path | None, base_dtype: str = "bfloat16") 
 
 
 def annotate_module_lists(folder: Path, block_prefix: str, linear_names: list[str]) -> list[str]:
-    """Name the quantized modules in a GPTQ config explicitly. AutoRound's GPTQ export leaves the list out; vLLM
-    then infers it from the safetensors dtypes, but transformers' loader (AutoRound's) assumes every block,
-    the vision tower's included, is quantized. `block_name_to_quantize` bounds the loader to the language model;
-    `modules_in_block_to_quantize` (GPTQModel's spelling, matched as substrings by vLLM) lists the Linears."""
+    """Complete AutoRound's quantization_config (config.json and quantization_config.json) with the format's
+    `complete_config` rule (core/formats; GPTQ: name the 4-bit modules, which AutoRound's GPTQ export leaves out).
+    Formats without one are left alone."""
     changed = []
     for name in ("config.json", "quantization_config.json"):
         p = folder / name
@@ -209,21 +208,12 @@ def annotate_module_lists(folder: Path, block_prefix: str, linear_names: list[st
             continue
         cfg = artifact.read_config(folder) if name == "config.json" else json.loads(p.read_text())
         qc = cfg.get("quantization_config", cfg) if name == "config.json" else cfg
-        if qc.get("quant_method") != "gptq":
+        rule = for_quant_method(qc.get("quant_method")).complete_config
+        if rule is None:
             return []
-        short = []
-        for n in linear_names:
-            rest = n[len(block_prefix) + 1:].split(".", 1)[-1]  # drop the layer number
-            if rest not in short:
-                short.append(rest)
-        groups: dict[str, list[str]] = {}
-        for s in short:
-            groups.setdefault(s.split(".")[0] + ("o" if s.endswith("o_proj") else "")
-                              + ("d" if s.endswith("down_proj") else ""), []).append(s)
-        qc["block_name_to_quantize"] = block_prefix
-        qc["modules_in_block_to_quantize"] = list(groups.values())
+        what = rule(qc, block_prefix, linear_names)
         p.write_text(json.dumps(cfg, indent=2, sort_keys=name == "config.json") + "\n")
-        changed = ["named the 4-bit modules in the GPTQ config (block_name_to_quantize, modules_in_block_to_quantize)"]
+        changed = [what]
     return changed
 
 

@@ -13,6 +13,8 @@ they can be tested with hand-made bad configs):
   The known failure: vision tower / merger modules treated as quantized while stored 16-bit.
 - shapes: quantized in/out features multiples of 32 (vLLM CPU W4A16 kernel tiles) and in_features a multiple of
   the group size; GPU Marlin tiles (out % 64, in % 128) are a warning.
+Each format's own rules (its scheme fields, vLLM's module decision, its packed tensors' shapes, whether transformers
+loads it through AutoRoundConfig) live in its module of core/formats; this file applies them to a folder.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core import artifact
-from core.catalog import FORMATS
 from core.errors import UserError
+from core.formats import FORMATS, for_quant_method
 from quantize.problems import Problem, error, warning
-from quantize.recipes import BITS, GROUP_SIZE
+from quantize.recipes import GROUP_SIZE
 
 FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 # vLLM's weight renaming for each architecture (its `hf_to_vllm_mapper`, prefix part)
@@ -48,12 +50,15 @@ def vllm_name(name: str, architecture: str) -> str:
 
 
 def linears(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict]:
-    """Linear-like modules in a checkpoint: name -> {quantized, in, out}. A module is quantized when it has
-    packed int weights (qweight / weight_packed), 16-bit when it has a 2-D float weight."""
+    """Linear-like modules in a checkpoint: name -> {quantized, in, out}. A module is quantized when it has a
+    packed int weight of a registered format (qweight, weight_packed ...), 16-bit when it has a 2-D float weight;
+    a packed module's in/out features come from the first format whose layout its tensors have."""
+    packed = [f for f in FORMATS.values() if f.packed and f.packed_shape]
+    weights = {f.packed[0] for f in packed}
     mods: dict[str, dict] = {}
     for name, (shape, dtype) in tensors.items():
         mod, _, leaf = name.rpartition(".")
-        if leaf in ("qweight", "weight_packed"):
+        if leaf in weights:
             m = mods.setdefault(mod, {})
             m["quantized"] = True
         elif leaf == "weight" and len(shape) == 2 and dtype in ("F16", "BF16", "F32"):
@@ -64,60 +69,18 @@ def linears(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict]:
             m["out"], m["in"] = shape
     for mod, m in mods.items():
         if m.get("quantized"):
-            scales = tensors.get(f"{mod}.scales") or tensors.get(f"{mod}.weight_scale")
-            if mod + ".qweight" in tensors and scales:
-                qshape = tensors[mod + ".qweight"][0]
-                # GPTQ / auto-round: qweight [in/8, out]; AWQ: qweight [in, out/8]; scales [in/group, out]
-                m["out"] = scales[0][1]
-                m["in"] = qshape[0] * 8 if qshape[1] == m["out"] else qshape[0]
-            elif mod + ".weight_packed" in tensors:  # compressed-tensors pack-quantized: [out, in/8] int32
-                packed = tensors[mod + ".weight_packed"][0]
-                m["out"], m["in"] = packed[0], packed[1] * 8
+            shape = next((s for f in packed if (s := f.packed_shape(tensors, mod))), None)
+            if shape:
+                m["out"], m["in"] = shape
     return mods
 
 
 # ---------------------------------------------------------------- vLLM's decision per format
 
 def vllm_quantized(fmt: str, qc: dict, name_v: str, checkpoint_quantized_v: set[str]) -> bool:
-    """Would vLLM treat module `name_v` (vLLM naming) as quantized for this quantization_config?"""
-    method = qc.get("quant_method")
-    if method == "gptq":
-        listed = qc.get("modules_in_block_to_quantize")
-        if listed:
-            flat = [x for s in listed for x in (s if isinstance(s, list) else [s])]
-        else:
-            flat = sorted(checkpoint_quantized_v)  # vLLM reads it from the safetensors dtypes
-        q = (not flat) or any(x in name_v for x in flat)
-        dyn = qc.get("dynamic") or {}
-        for pat in dyn:
-            if pat.startswith("-:") and re.match(pat[2:], name_v):
-                q = False
-        return q
-    if method == "awq":
-        skip = qc.get("modules_to_not_convert")
-        if skip is None or skip == []:
-            return name_v in checkpoint_quantized_v  # vLLM derives the list from the safetensors dtypes
-        return not any(s in name_v for s in skip)
-    if method in ("auto-round", "intel/auto-round"):
-        extra = qc.get("extra_config") or {}
-        for key, cfg in extra.items():
-            if key == name_v or name_v.endswith("." + key) or _re_full(key, name_v):
-                return int(cfg.get("bits", qc.get("bits", 4))) < 16
-        blocks = qc.get("block_name_to_quantize") or qc.get("to_quant_block_names")
-        if isinstance(blocks, str):
-            blocks = blocks.split(",")
-        if blocks:
-            return any(name_v.startswith(b) for b in blocks)
-        return not name_v.endswith("lm_head")
-    if method == "compressed-tensors":
-        for ig in qc.get("ignore") or []:
-            if ig.startswith("re:"):
-                if re.match(ig[3:], name_v):
-                    return False
-            elif ig == name_v:
-                return False
-        return True
-    return True
+    """Would vLLM treat module `name_v` (vLLM naming) as quantized for this quantization_config? The rule is the
+    format's that the config's quant_method names (core/formats)."""
+    return for_quant_method(qc.get("quant_method")).vllm_quantized(qc, name_v, checkpoint_quantized_v)
 
 
 def loader_quantized(qc: dict, name: str) -> bool:
@@ -146,13 +109,6 @@ def loader_quantized(qc: dict, name: str) -> bool:
     return not (extra and int(extra.get("bits", 4)) >= 16)
 
 
-def _re_full(pattern: str, name: str) -> bool:
-    try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
-
-
 def _map_config_names(qc: dict, architecture: str) -> dict:
     """Apply vLLM's renaming to the module lists in a quantization_config (its `apply_vllm_mapper`)."""
     qc = json.loads(json.dumps(qc))
@@ -178,7 +134,6 @@ def _map_config_names(qc: dict, architecture: str) -> dict:
 
 # ---------------------------------------------------------------- rules
 
-EXPECTED_METHOD = {n: f.quant_method for n, f in FORMATS.items() if f.quant_method}  # what AutoRound writes
 
 
 def check_files(files: set[str], modality: str, require_card: bool = False) -> list[Problem]:
@@ -205,44 +160,14 @@ def check_files(files: set[str], modality: str, require_card: bool = False) -> l
 
 
 def check_scheme(fmt: str, qc: dict | None) -> list[Problem]:
+    """quant_method as AutoRound writes it for `fmt`, then the scheme rules of the format the config names."""
     if not qc:
         return [error("scheme", "config.json has no quantization_config")]
     out = []
-    method = qc.get("quant_method")
-    if method != EXPECTED_METHOD.get(fmt):
-        out.append(error("scheme", f"quant_method is {method!r}, expected {EXPECTED_METHOD.get(fmt)!r} for {fmt}"))
-    if method == "compressed-tensors":
-        groups = (qc.get("config_groups") or {}).values()
-        for g in groups:
-            w = g.get("weights") or {}
-            if w.get("num_bits") != BITS:
-                out.append(error("scheme", f"num_bits {w.get('num_bits')}, expected {BITS}"))
-            if w.get("group_size") != GROUP_SIZE:
-                out.append(error("scheme", f"group_size {w.get('group_size')}, expected {GROUP_SIZE}"))
-            if w.get("symmetric") is not True:
-                out.append(error("scheme", "asymmetric weights: only symmetric W4A16 is supported"))
-        if not groups:
-            out.append(error("scheme", "compressed-tensors config without config_groups"))
-        return out
-    if qc.get("bits") != BITS:
-        out.append(error("scheme", f"bits {qc.get('bits')}, expected {BITS}"))
-    if qc.get("group_size") != GROUP_SIZE:
-        out.append(error("scheme", f"group_size {qc.get('group_size')}, expected {GROUP_SIZE}"))
-    if method == "awq":
-        if qc.get("zero_point") is not False:
-            out.append(error("scheme", "AWQ with zero_point: asymmetric; only symmetric W4A16 is supported"))
-        if str(qc.get("version", "gemm")).lower() != "gemm":
-            out.append(error("scheme", f"AWQ version {qc.get('version')}: vLLM reads the gemm layout"))
-    elif qc.get("sym") is not True:
-        out.append(error("scheme", "sym is not true: asymmetric checkpoints are rejected by vLLM (GPTQ) "
-                                  "or break (AWQ/auto-round)"))
-    if method == "gptq" and qc.get("desc_act"):
-        out.append(error("scheme", "desc_act (act-order) is on: vLLM's CPU W4A16 kernel does not support it"))
-    if method == "auto-round":
-        pf = str(qc.get("packing_format", "auto_round:auto_gptq"))
-        if not pf.startswith("auto_round"):
-            out.append(error("scheme", f"unexpected packing_format {pf}"))
-    return out
+    method, want = qc.get("quant_method"), FORMATS[fmt].quant_method if fmt in FORMATS else None
+    if method != want:
+        out.append(error("scheme", f"quant_method is {method!r}, expected {want!r} for {fmt}"))
+    return out + for_quant_method(method).check_scheme(qc)
 
 
 def check_modules(fmt: str, qc: dict, tensors: dict, architecture: str,
@@ -265,7 +190,7 @@ def check_modules(fmt: str, qc: dict, tensors: dict, architecture: str,
     if wrong_16:
         out.append(error("modules", f"{len(wrong_16)} quantized module(s) that vLLM would load as 16-bit, "
                                    f"e.g. {', '.join(wrong_16[:3])}"))
-    if qc.get("quant_method") in ("gptq", "auto-round", "awq"):
+    if for_quant_method(qc.get("quant_method")).autoround_config:
         lq = [n for n, m in sorted(mods.items()) if loader_quantized(qc, n) and not m.get("quantized")]
         l16 = [n for n, m in sorted(mods.items()) if not loader_quantized(qc, n) and m.get("quantized")]
         if lq:
@@ -343,7 +268,8 @@ def read_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 def lint_folder(folder: Path, fmt: str, modality: str, architecture: str,
                 expected_4bit: list[str] | None = None, require_card: bool = False) -> list[Problem]:
     folder = Path(folder)
-    if fmt == "gguf":  # llama.cpp's single-file format: its own rules (header, tensor types)
+    spec = FORMATS.get(fmt)
+    if spec is not None and spec.container == "gguf":  # llama.cpp's single file: its own rules (header, tensor types)
         from quantize.gguf import lint_folder as lint_gguf
 
         qtype = artifact.read_report(folder).get("gguf_type") or "q4_k_m"

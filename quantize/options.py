@@ -67,7 +67,8 @@ class QuantizeOptions:
 
     @property
     def safetensors_formats(self) -> list[str]:
-        return [f for f in self.formats if f != "gguf"]
+        """The formats AutoRound exports (config.json + safetensors); GGUF has its own pipeline (quantize/gguf.py)."""
+        return [f for f in self.formats if catalog.FORMATS[f].container == "safetensors"]
 
     @property
     def has_gguf(self) -> bool:

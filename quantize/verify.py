@@ -5,11 +5,12 @@ For each prompt (with an image for VL) the base decodes a short greedy continuat
 export are run teacher-forced over prompt + continuation. Reported per model: mean KL(base || model) over the
 continuation positions and top-1 agreement with the base. RTN vs tuned on the same prompts is what tuning bought.
 
-Loading: AutoRound and GPTQ exports reload through transformers with `AutoRoundConfig` (AutoRound's own CPU/GPU
-kernels). AutoRound has no CPU kernel for AWQ without extra libraries (gptqmodel/autoawq), so an AWQ export is
-read here directly: its packed int4 weights, zero points and scales are dequantized into the 16-bit architecture
-(the same arithmetic vLLM's AWQ kernels do). Formats that come from one tuning must then agree with each other:
-a packing error in any format shows up as a large cross-format KL and fails verify.
+Loading (each format's `verify_load` rule, core/formats): AutoRound and GPTQ exports reload through transformers
+with `AutoRoundConfig` (AutoRound's own CPU/GPU kernels), compressed-tensors through transformers itself. AutoRound
+has no CPU kernel for AWQ without extra libraries (gptqmodel/autoawq), so an AWQ export is read here directly: its
+packed int4 weights, zero points and scales are dequantized into the 16-bit architecture by the format's
+`dequantize` rule (the same arithmetic vLLM's AWQ kernels do). Formats that come from one tuning must then agree
+with each other: a packing error in any format shows up as a large cross-format KL and fails verify.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import artifact
+from core.formats import FORMATS, for_quant_method
 from quantize.recipes import BITS, GROUP_SIZE
 
 NEW_TOKENS = 16
@@ -184,71 +186,43 @@ def load_base(path: Path, modality: str, device: str, dtype=None):
 
 
 def load_export(path: Path, fmt: str, modality: str, device: str, base_dir: Path | None = None, dtype=None):
-    """(model, loader description)."""
+    """(model, loader description): reloaded the way its format's `verify_load` rule says (core/formats)."""
 
     dtype = dtype or compute_dtype(device, base_dir)
     qc = artifact.quantization_config(artifact.read_config(path))
-    if qc.get("quant_method") in ("auto-round", "gptq"):
+    spec = for_quant_method(qc.get("quant_method"))
+    if spec.verify_load == "autoround-config":
         from transformers import AutoRoundConfig
 
         m = _auto_cls(modality).from_pretrained(path, dtype=dtype, device_map=device,
                                                 quantization_config=AutoRoundConfig(backend="auto"))
         return m.eval(), "transformers + AutoRoundConfig"
-    if qc.get("quant_method") == "compressed-tensors":
+    if spec.verify_load == "transformers":
         m = _auto_cls(modality).from_pretrained(path, dtype=dtype, device_map=device)
-        return m.eval(), "transformers (compressed-tensors)"
-    if qc.get("quant_method") == "awq":
-        return load_dequantized(path, base_dir, modality, device, dtype), "packed AWQ int4 dequantized here"
+        return m.eval(), f"transformers ({spec.name})"
+    if spec.verify_load == "dequantize":
+        return (load_dequantized(path, base_dir, modality, device, dtype),
+                f"packed {spec.name.upper()} int4 dequantized here")
     raise ValueError(f"no loader for quant_method {qc.get('quant_method')}")
 
 
-def _unpack_int4(x, dim: int):
-    """int32 tensor -> int4 values (0..15), 8 per int32, low nibble first, along `dim` (expanded 8x)."""
-    import torch
-
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=x.device)
-    if dim == 0:
-        v = (x[:, None, :] >> shifts[None, :, None]) & 0xF
-        return v.reshape(x.shape[0] * 8, x.shape[1])
-    v = (x[:, :, None] >> shifts[None, None, :]) & 0xF
-    return v.reshape(x.shape[0], x.shape[1] * 8)
-
-
-AWQ_REVERSE_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
-
-
-def dequantize_awq(qweight, qzeros, scales, group: int = GROUP_SIZE):
-    """AWQ gemm layout -> weight [out, in] (float32)."""
-    import torch
-
-    w = _unpack_int4(qweight, 1)  # [in, out] in AWQ's interleaved order
-    z = _unpack_int4(qzeros, 1)  # [in/group, out]
-    order = torch.arange(w.shape[1]).reshape(-1, 8)[:, AWQ_REVERSE_ORDER].reshape(-1)
-    w, z = w[:, order], z[:, order]
-    z = z.repeat_interleave(group, dim=0)
-    s = scales.float().repeat_interleave(group, dim=0)
-    return ((w - z).float() * s).t().contiguous()
-
-
-def dequantize_gptq(qweight, qzeros, scales, g_idx=None, group: int = GROUP_SIZE, zero_offset: int = 1):
-    """GPTQ (v1) layout -> weight [out, in] (float32). v1 stores zero points minus one."""
-    import torch
-
-    w = _unpack_int4(qweight, 0)  # [in, out]
-    z = _unpack_int4(qzeros, 1) + zero_offset  # [in/group, out]
-    idx = g_idx.long() if g_idx is not None else torch.arange(w.shape[0]) // group
-    return ((w - z[idx]).float() * scales.float()[idx]).t().contiguous()
+def _module_tensors(sf, names: set[str], mod: str):
+    """leaf -> that tensor of module `mod` in an open safetensors file (None when it has none)."""
+    return lambda leaf: sf.get_tensor(f"{mod}.{leaf}") if f"{mod}.{leaf}" in names else None
 
 
 def load_dequantized(path: Path, base_dir: Path, modality: str, device: str, dtype=None):
     """The 16-bit base architecture filled with an export's tensors, its packed int4 weights dequantized one module
-    at a time (peak: the model plus one module's tensors). Every tensor of the export must land in the model, and
-    every weight of the model must come from the export."""
+    at a time by its format's `dequantize` rule (peak: the model plus one module's tensors). Every tensor of the
+    export must land in the model, and every weight of the model must come from the export."""
     import torch
     from safetensors import safe_open
 
     qc = artifact.quantization_config(artifact.read_config(path))
-    method = qc.get("quant_method")
+    spec = for_quant_method(qc.get("quant_method"))
+    if spec.dequantize is None or not spec.packed:
+        raise ValueError(f"no dequantize rule for quant_method {qc.get('quant_method')}")
+    weight, *side = spec.packed
     group = int(qc.get("group_size", GROUP_SIZE))
     model = load_base(base_dir, modality, "cpu", dtype)
     own = model.state_dict()
@@ -259,15 +233,10 @@ def load_dequantized(path: Path, base_dir: Path, modality: str, device: str, dty
                 names = set(sf.keys())
                 for k in sorted(names):
                     mod, _, leaf = k.rpartition(".")
-                    if leaf in ("qzeros", "scales", "g_idx") and f"{mod}.qweight" in names:
+                    if leaf in side and f"{mod}.{weight}" in names:
                         continue
-                    if leaf == "qweight":
-                        parts = [sf.get_tensor(f"{mod}.{x}") for x in ("qweight", "qzeros", "scales")]
-                        if method == "awq":
-                            t = dequantize_awq(*parts, group)
-                        else:
-                            g_idx = sf.get_tensor(f"{mod}.g_idx") if f"{mod}.g_idx" in names else None
-                            t = dequantize_gptq(*parts, g_idx, group)
+                    if leaf == weight:
+                        t = spec.dequantize(_module_tensors(sf, names, mod), group)
                         k = f"{mod}.weight"
                     else:
                         t = sf.get_tensor(k)
@@ -471,8 +440,10 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
     got: dict[str, list] = {}
     for fmt, path in exports.items():
         t0 = time.time()
+        spec = FORMATS.get(fmt)
+        gguf = spec is not None and spec.container == "gguf"  # llama.cpp runs it, on token ids
         try:
-            if fmt == "gguf":
+            if gguf:
                 keep = [i for i, it in enumerate(items) if "pixel_values" not in it]
                 lg, loader = gguf_logits(path, [seqs[i] for i in keep])
                 ref_f = [ref[i] for i in keep]
@@ -495,13 +466,14 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
             rep.results[fmt] = Result(fmt, "", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
             rep.problems.append(f"{fmt}: does not reload: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
-        kl, klmax, top1, n = compare(ref_f if fmt == "gguf" else ref, lg)
+        kl, klmax, top1, n = compare(ref_f if gguf else ref, lg)
         rep.results[fmt] = Result(fmt, loader, kl, klmax, top1, n, round(time.time() - t0, 1))
         if not all(math.isfinite(x) for x in (kl, klmax)):
             rep.problems.append(f"{fmt}: non-finite logits")
         got[fmt] = lg
         log(f"verified {fmt}: KL {kl:.5f}, top-1 {top1:.1%} ({loader})")
-    names = [n for n in got if n != "gguf"]  # GGUF quantizes with its own scheme: not one of the W4A16 exports
+    # the W4A16 exports of one tuning (GGUF quantizes with its own scheme)
+    names = [n for n in got if n in FORMATS and FORMATS[n].w4a16]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             kl, _, _, _ = compare(got[a], got[b])
