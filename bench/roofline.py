@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core import artifact
 from core.errors import UserError
+from core.formats import FORMATS
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -36,6 +37,11 @@ def tensor_bytes(info: dict) -> int:
     return int(end - start)
 
 
+def packed_leaves() -> set[str]:
+    """The tensor leaves of packed Linears in every registered format (qweight, scales, weight_packed ...)."""
+    return {leaf for f in FORMATS.values() for leaf in f.packed}
+
+
 def group_of(name: str) -> str:
     """Which part of the model a tensor belongs to (for bytes-per-token accounting)."""
     n = name.lower()
@@ -45,8 +51,7 @@ def group_of(name: str) -> str:
         return "embedding"
     if n.startswith("lm_head.") or ".lm_head." in n:
         return "lm_head"
-    if ".layers." in n and any(k in n for k in ("_proj.", ".qweight", ".qzeros", ".scales", ".g_idx",
-                                                 "weight_packed", "weight_scale", "weight_zero_point")):
+    if ".layers." in n and ("_proj." in n or n.rpartition(".")[2] in packed_leaves()):
         return "decoder_linear"
     return "other"
 

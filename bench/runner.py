@@ -27,11 +27,6 @@ ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM
             "VLLM_CPU_INT4_W4A8", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE")
 
 
-# formats vLLM's CPU build runs through its CPUWNA16 kernel, where --cpu-int4 picks W4A8 or wna16 (AutoRound
-# checkpoints run AutoRound's own kernel there)
-CPU_INT4_FORMATS = ("gptq", "awq", "compressed-tensors")
-
-
 @dataclass
 class Settings:
     models: list[str]
@@ -129,6 +124,14 @@ def _quant_method(location: str | None) -> str | None:
     return artifact.quantization_config(_config(location) or {}).get("quant_method")
 
 
+def _format(location: str | None, is_16bit: bool) -> str:
+    """A folder's format (core/formats) where the catalog does not know it: GGUF, else its quant_method's."""
+    if is_gguf(location):
+        return "gguf"
+    method = artifact.quantization_config(_config(location) or {}).get("quant_method")
+    return "bf16" if is_16bit else (catalog.format_of_quant_method(method) if method else "?")
+
+
 class Runner:
     def __init__(self, settings: Settings, argv: list[str], bar=None, log=None):
         self.s = settings
@@ -156,10 +159,10 @@ class Runner:
             loc = entry["location"] if entry.get("source") == "local" else None
             entry["modality"] = _modality(loc, v)
             entry["is_16bit"] = _is_16bit(loc, v) if (v or loc) else False
-            method = None if v else _quant_method(loc)
-            entry["format"] = v.format.name if v else ("bf16" if entry["is_16bit"] and method != "gguf" else method or "?")
-            if self.s.cpu_int4 and entry["status"] != "failed" and entry["format"] in CPU_INT4_FORMATS:
-                # one measurement per kernel path, as separate variants "ALIAS@PATH"
+            entry["format"] = v.format.name if v else _format(loc, entry["is_16bit"])
+            fmt = catalog.FORMATS.get(entry["format"])
+            if self.s.cpu_int4 and entry["status"] != "failed" and fmt is not None and fmt.vllm_cpu_int4:
+                # one measurement per kernel path (vLLM's CPUWNA16 formats), as separate variants "ALIAS@PATH"
                 out += [{**entry, "alias": f"{alias}@{path}", "cpu_int4": path} for path in self.s.cpu_int4]
                 continue
             out.append(entry)

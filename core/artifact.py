@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.formats import format_of_quant_method
+from core.formats import for_quant_method
 
 MMPROJ_PREFIX = "mmproj-"  # a Qwen3-VL GGUF artifact's vision projector: mmproj-<alias>-F16.gguf
 REPORT_FILE = "quantization_report.json"  # what quantize measured, beside every artifact it writes
@@ -158,20 +158,6 @@ def quantization_config(cfg: dict) -> dict:
     return qc if isinstance(qc, dict) else {}
 
 
-def _scheme(qc: dict) -> tuple[int | None, int | None, bool | None]:
-    """(bits, group_size, sym) of a quantization_config; compressed-tensors keeps them per config group."""
-    if qc.get("quant_method") == "compressed-tensors":
-        for g in (qc.get("config_groups") or {}).values():
-            w = (g or {}).get("weights") or {} if isinstance(g, dict) else {}
-            if w:
-                return w.get("num_bits"), w.get("group_size"), w.get("symmetric")
-        return None, None, None
-    sym = qc.get("sym")
-    if sym is None and "zero_point" in qc:  # AWQ spells symmetry as "no zero point"
-        sym = not qc["zero_point"]
-    return qc.get("bits") or qc.get("w_bit"), qc.get("group_size") or qc.get("q_group_size"), sym
-
-
 def inspect(location: str | Path) -> Artifact:
     """What an artifact folder (or a bare .gguf file) holds; UserError when it is not a model."""
     p = Path(location)
@@ -194,11 +180,11 @@ def inspect(location: str | Path) -> Artifact:
     cfg = read_config(p) if (p / "config.json").is_file() else {}
     qc = quantization_config(cfg)
     method = qc.get("quant_method")
-    bits, group, sym = _scheme(qc)
+    bits, group, sym = for_quant_method(method).scheme(qc)  # the format's reading (core/formats)
     if g is not None:
         fmt, nbytes = "gguf", g.stat().st_size + (m.stat().st_size if m else 0)
     else:
-        fmt, nbytes = format_of_quant_method(method), sum(f.stat().st_size for f in weights)
+        fmt, nbytes = for_quant_method(method).name, sum(f.stat().st_size for f in weights)
     archs = cfg.get("architectures") or [None]
     vl = "vision_config" in cfg or m is not None
     return Artifact(p, fmt, "vl" if vl else "text", archs[0], method, bits, group, sym,

@@ -9,18 +9,17 @@ are reused); every sequence's tokens are timestamped by a streamer as they come 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from bench.engines.base import Engine, VariantFailed, one_line
 from bench.metrics import RequestResult
 from bench.workload import Request
-
-QUANT_METHODS_VIA_AUTOROUND = ("auto-round", "intel/auto-round", "gptq", "awq")
+from core import artifact
+from core.errors import UserError
+from core.formats import for_quant_method
 
 
 class _Clock:
@@ -60,10 +59,9 @@ class TransformersEngine(Engine):
 
     def _quant_method(self) -> str | None:
         try:
-            cfg = json.loads((Path(self.location) / "config.json").read_text())
-        except (OSError, ValueError):
+            qc = artifact.quantization_config(artifact.read_config(self.location))
+        except UserError:  # no folder (a Hub id) or no readable config.json
             return None
-        qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config") or {}
         m = str(qc.get("quant_method", "")).lower().replace("_", "-")
         return m or None
 
@@ -78,7 +76,8 @@ class TransformersEngine(Engine):
             torch.set_num_threads(self.threads)
         kw: dict = {"dtype": torch.bfloat16}
         method = self._quant_method()
-        if method in QUANT_METHODS_VIA_AUTOROUND:
+        via_autoround = method is not None and for_quant_method(method).autoround_config  # core/formats
+        if via_autoround:
             try:
                 from transformers import AutoRoundConfig
             except ImportError:  # older transformers
@@ -100,7 +99,7 @@ class TransformersEngine(Engine):
                          dtype="bfloat16", load_s=time.perf_counter() - t0,
                          weights_bytes_loaded=int(self.model.get_memory_footprint()),
                          linear_kernel=self._linear_kernel())
-        if method in QUANT_METHODS_VIA_AUTOROUND:
+        if via_autoround:
             self.info["autoround_backend_requested"] = self.backend
             kernel = self.info["linear_kernel"]
             if ".fake." in kernel or kernel.endswith(".Linear"):
