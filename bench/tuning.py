@@ -97,8 +97,8 @@ def report(a, runs: list[dict], full_blocks: int) -> dict:
 def markdown(r: dict) -> str:
     s = r["settings"]
     L = [f"# AutoRound tuning time: {r['model']} at its real widths", "",
-         f"Measured on {r['blocks_measured']} of its {r['full_blocks']} decoder blocks, batch {s['batch_size']} x "
-         f"{s['seqlen']} tokens, {s['nsamples']} samples, this machine's CPU.", "",
+         (f"Measured on {r['blocks_measured']} of its {r['full_blocks']} decoder blocks, batch {s['batch_size']} x "
+          f"{s['seqlen']} tokens, {s['nsamples']} samples, this machine's CPU."), "",
          "| run | wall s |", "|---|---:|"]
     L += [f"| --iters {x['iters']} | {x['wall_s']} |" for x in r["runs"]]
     L += ["", f"One tuning iteration of one block: **{r['seconds_per_block_iteration']} s**.", "",
