@@ -213,7 +213,7 @@ def render_md(report: dict) -> str:
     # memory
     L += ["## Memory", ""]
     head = ["variant", "weights on disk GB", "folder GB", "weights in memory GB", "RSS after start GB", "RSS peak GB",
-            "vLLM weights GiB (log)", "device peak GB"]
+            "vLLM weights GiB (log)", "device peak GB", "plan GB", "RSS peak / plan"]
     rows = []
     for v in report.get("variants", []):
         if v.get("status") != "ok":
@@ -221,7 +221,9 @@ def render_md(report: dict) -> str:
         m, dsk = v.get("memory") or {}, v.get("disk") or {}
         rows.append([v["alias"], _gb(dsk.get("weights_bytes")), _gb(dsk.get("folder_bytes")),
                      _gb((v.get("engine") or {}).get("weights_bytes_loaded")), _gb(m.get("rss_after_start_bytes")), _gb(m.get("rss_peak_bytes")),
-                     _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes"))])
+                     _f(m.get("vllm_weights_gib"), 2), _gb(m.get("device_peak_bytes") or m.get("gpu_used_peak_bytes")),
+                     _gb((v.get("plan") or {}).get("predicted_bytes")),
+                     _f((v.get("plan") or {}).get("measured_over_predicted"), 2)])
     L += _table(head, rows)
     if hw.get("gpus"):
         L += ["", ("device peak = the GPU's used memory (nvidia-smi, every process on it) for vLLM, or torch's peak "
@@ -232,7 +234,8 @@ def render_md(report: dict) -> str:
                    "freed memory may still count); weights in memory = the loaded model's parameters and buffers."), ""]
     else:
         L += ["", ("RSS = resident memory of the whole serving process tree (API server + engine workers), "
-                   "sampled every 0.25 s."), ""]
+                   "sampled every 0.25 s. plan = `python -m serve --plan`'s resident-memory prediction for the "
+                   "server as started (its context and KV space, the top concurrency)."), ""]
     # roofline
     bw = report.get("bandwidth") or {}
     L += ["## Roofline (batch-1 decode)", ""]

@@ -326,6 +326,8 @@ class Runner:
                 rec["memory"]["gpu_used_peak_bytes"] = dev.peak
             if hasattr(engine, "weights_gib_logged"):
                 rec["memory"]["vllm_weights_gib"] = engine.weights_gib_logged()
+            if engine.info.get("started_by_bench"):
+                rec["plan"] = self._planned(entry, engine.info, rss.peak)
             rec["status"], rec["reason"] = "ok", None
         except UserError as e:
             rec["reason"] = one_line(e.line().removeprefix("error: "))
@@ -345,6 +347,21 @@ class Runner:
             self._advance(max(0, budget - done))
             self.log(f"[bench] {alias}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else ""))
         return rec
+
+    def _planned(self, entry: dict, info: dict, rss_peak: int | None) -> dict:
+        """What `python -m serve --plan` predicts for this server (its context, KV space, the top concurrency),
+        beside the peak RSS measured: the plan's error is part of the report."""
+        from serve import fit
+
+        name = entry["alias"].split("@")[0] if entry["alias"].split("@")[0] in catalog.VARIANTS else entry["location"]
+        try:
+            p = fit.predict(name, detect(), concurrency=max(self.s.concurrency), max_model_len=info.get("context"),
+                            kv_cache_gib=info.get("kv_cache_gib"))
+        except (UserError, OSError, ValueError, KeyError) as e:
+            return {"error": one_line(e)}
+        if rss_peak and p["predicted_bytes"]:
+            p["measured_over_predicted"] = rss_peak / p["predicted_bytes"]
+        return p
 
     def _engine(self, entry: dict):
         engine = self._make_engine(entry)

@@ -254,9 +254,10 @@ def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) ->
 def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] | None = None,
               gpus: list[Gpu] | None = None, device: str = "auto", concurrency: int = 4,
               max_model_len: int | None = None, max_pixels: int | None = None, images: int = 2,
-              gpu_util: float = GPU_UTIL) -> Plan:
+              gpu_util: float = GPU_UTIL, kv_cache_gib: int | None = None) -> Plan:
     """The plan for `s` on `hw`. `weights`: (bytes by group, source) from the artifact's headers; None: estimated
-    from the config and format. `gpus`: the GPUs with capabilities (default: hw.gpus, capability unknown)."""
+    from the config and format. `gpus`: the GPUs with capabilities (default: hw.gpus, capability unknown).
+    `kv_cache_gib`: vLLM CPU's KV space as a server was (or will be) started with (None: what the context needs)."""
     if concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     cfg, text = s.cfg, _text(s.cfg)
@@ -342,12 +343,12 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         predicted = Item(budget.bytes, "vLLM sizes its KV cache so that the whole process uses "
                          "--gpu-memory-utilization x VRAM")
     elif cpu_vllm:
-        from serve.args import ModelInfo, kv_cache_gib
+        from serve.args import ModelInfo, kv_cache_gib as serve_default_kv_gib
 
         info = ModelInfo(location=s.location, served_name=s.name, kv_bytes_per_token=kv.bytes)
-        default = kv_cache_gib(info, hw, ctx)  # what serve sets without --kv-cache-gib (room for 4 sequences)
-        kv_gib = max(1, min(math.ceil(kv.bytes * ctx * concurrency / GIB), kv_room // GIB or 1))
-        if kv_gib != default:
+        default = serve_default_kv_gib(info, hw, ctx)  # what serve sets without --kv-cache-gib (room for 4 sequences)
+        kv_gib = kv_cache_gib or max(1, min(math.ceil(kv.bytes * ctx * concurrency / GIB), kv_room // GIB or 1))
+        if kv_gib != default and not kv_cache_gib:
             flag = f" --kv-cache-gib {kv_gib}"
             notes.append(f"serve's default KV space for this context would be {default} GiB (at most a quarter of "
                          f"free RAM): --kv-cache-gib {kv_gib} holds {ctx} tokens x {concurrency} sequences")
@@ -517,6 +518,21 @@ def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
 
 
 # ---------------------------------------------------------------- command line
+
+def predict(name: str, hw: Hardware, *, concurrency: int, max_model_len: int | None = None,
+            kv_cache_gib: int | None = None) -> dict:
+    """The plan's resident memory for a server of `name` started with these settings: what bench puts next to the
+    RSS it measures (on a GPU: the --gpu-memory-utilization share of VRAM, which vLLM fills)."""
+    s = subject(name)
+    weights = header_weights(s.folder) if s.folder is not None else None
+    p = make_plan(s, hw, weights=weights, concurrency=concurrency, max_model_len=max_model_len,
+                  kv_cache_gib=kv_cache_gib)
+    return {"predicted_bytes": p.predicted.bytes, "source": p.predicted.source, "weights_bytes": p.weights.bytes,
+            "overhead_bytes": p.overhead.bytes, "activations_bytes": p.activations.bytes,
+            "vision_bytes": p.image["activations"].bytes if p.image else 0, "kv_cache_gib": p.kv_cache_gib,
+            "context": min(p.requested_context, p.max_context) if p.max_context else p.requested_context,
+            "concurrency": p.concurrency, "engine": p.engine, "device": p.device}
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve --plan", description=__doc__,

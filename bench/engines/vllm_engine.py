@@ -90,7 +90,8 @@ class VllmEngine(Engine):
             gf = gguf_file(Path(self.location))
             ends = end_token_ids(gf)  # llama.cpp's server has no ignore_eos: the length is forced by logit_bias
             self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
-            self.info.update(server="llama.cpp", gguf_file=gf.name, forced_length=f"logit_bias -100 on end tokens {ends}")
+            self.info.update(server="llama.cpp", gguf_file=gf.name, forced_length=f"logit_bias -100 on end tokens {ends}",
+                             context=int(lp.argv[lp.argv.index("--n_ctx") + 1]) if "--n_ctx" in lp.argv else None)
             if self.threads:
                 self.info["threads"] = self.threads
         else:
@@ -98,7 +99,9 @@ class VllmEngine(Engine):
 
             lp = serve.plan(name, "vllm", extra_args=self.server_args, force=self.force, cpu_int4=self.cpu_int4)
             self.server = serve.launch(lp, timeout_s=self.start_timeout_s, progress=False)
-            self.info.update(server="vLLM", cpu_int4=cpu_int4(lp.info, lp.hw, lp.opts.cpu_int4))
+            self.info.update(server="vLLM", cpu_int4=cpu_int4(lp.info, lp.hw, lp.opts.cpu_int4),
+                             context=lp.opts.max_model_len or lp.info.max_model_len,
+                             kv_cache_gib=int(lp.env.get("VLLM_CPU_KVCACHE_SPACE") or 0) or None)
         self.info.update(startup_s=time.perf_counter() - t0, started_by_bench=True, argv=list(self.server.argv),
                          log_path=str(self.server.log_path))
         self.base_url, self.model = self.server.base_url, self.server.model

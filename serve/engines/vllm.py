@@ -61,7 +61,33 @@ def preflight(lp: Launch) -> None:
     process.check_port_free(lp.opts.host, lp.opts.port)
     check_weights(lp.info)
     check_hub(lp.info)
+    check_memory(lp)
     check_engine(lp.opts.python)
+
+
+def check_memory(lp: Launch) -> None:
+    """On a CPU, a local model whose planned resident memory (serve/fit.py: weights, vLLM's own, the KV space as
+    set, activations) exceeds the available RAM is refused in one line, instead of being killed minutes later by
+    the kernel's OOM killer while vLLM loads it. --force starts it anyway."""
+    if lp.opts.force or lp.hw.has_gpu or lp.info.source != "local":
+        return
+    from serve import fit
+
+    kv = int(lp.env.get("VLLM_CPU_KVCACHE_SPACE") or 0) or None
+    p = fit.predict(lp.info.location, lp.hw, concurrency=1, max_model_len=lp.opts.max_model_len or
+                    lp.info.max_model_len, kv_cache_gib=kv)
+    have = lp.hw.mem_available_gib * 2**30
+    if p["predicted_bytes"] <= have:
+        return
+    smaller = ""
+    v = catalog.VARIANTS.get(lp.model)
+    if v is not None and v.format.name == "bf16":
+        smaller = f"serve {catalog.quantized_alias(v.family.base_alias, 'gptq')} (4-bit) instead, or "
+    raise UserError(f"{lp.model} needs about {p['predicted_bytes'] / 1e9:.1f} GB of RAM on vLLM (weights "
+                    f"{p['weights_bytes'] / 1e9:.1f} GB, KV cache {kv or p['kv_cache_gib']} GiB, vLLM "
+                    f"{p['overhead_bytes'] / 1e9:.1f} GB), {have / 1e9:.1f} GB is available",
+                    f"{smaller}free memory, lower --max-model-len / --kv-cache-gib (`python -m serve --plan "
+                    f"{lp.model}` shows what fits), or pass --force to start it anyway")
 
 
 def check_hub(info: ModelInfo) -> None:

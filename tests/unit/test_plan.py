@@ -227,3 +227,20 @@ def test_cli_prints_the_plan(tmp_path):
                        env=_env(tmp_path), check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: --plan needs a model")
     assert json.loads(json.dumps(P.image_knob(65536, 2)))  # plain data
+
+
+def test_predict_uses_the_kv_space_the_server_was_started_with(tmp_path, monkeypatch):
+    """bench compares its RSS with `fit.predict` for the server as started: the KV space given is the one counted."""
+    monkeypatch.setenv("QWEN_W4_HOME", str(tmp_path))
+    small = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 512, "max_position_embeddings": 4096}
+    folder = tmp_path / "m"
+    ids = {"bos": 0, "eos": 2, "pad": 0, "vision_start": 3, "vision_end": 4, "image": 5, "video": 6}
+    res = shapes.write_checkpoint(shapes.text_config(small, ids), folder, max_shard_bytes=500_000)
+    one = P.predict(str(folder), CPU_20, concurrency=4, max_model_len=2048, kv_cache_gib=1)
+    three = P.predict(str(folder), CPU_20, concurrency=4, max_model_len=2048, kv_cache_gib=3)
+    assert one["kv_cache_gib"] == 1 and three["kv_cache_gib"] == 3 and one["engine"] == "vllm"
+    assert three["predicted_bytes"] - one["predicted_bytes"] == 2 * 2**30
+    assert one["weights_bytes"] == res["total_size"] and one["context"] == 2048
+    assert one["predicted_bytes"] == (one["weights_bytes"] + one["overhead_bytes"] + 2**30 + one["activations_bytes"]
+                                      + one["vision_bytes"])
