@@ -248,7 +248,8 @@ def load_dequantized(path: Path, base_dir: Path, modality: str, device: str, dty
                     del t
     if unknown:
         raise RuntimeError(f"{len(unknown)} export tensors have no place in the model, e.g. {unknown[:2]}")
-    left = [k for k in own if k not in filled and not k.endswith("inv_freq")]
+    done = {own[k].data_ptr() for k in filled}  # a tied head shares the embedding's storage: filled with it
+    left = [k for k in own if k not in filled and own[k].data_ptr() not in done and not k.endswith("inv_freq")]
     if left:
         raise RuntimeError(f"export lacks {len(left)} tensors of the model, e.g. {left[:2]}")
     return model.to(device).eval()
