@@ -107,6 +107,25 @@ def pick_port(host: str, port: int) -> int:
     return port
 
 
+def launch_page(app, args, port: int, auth) -> str:
+    """The page on `port`; with `--port 0` a free port is picked now (the servers just started may have taken
+    the one free before they started) and, if another process takes it first, a new one, three times."""
+    from demo.app import launch
+
+    tries = 3 if args.port == 0 else 1
+    for attempt in range(tries):
+        if args.port == 0:
+            port = pick_port(args.host, 0)
+        try:
+            return launch(app, host=args.host, port=port, auth=auth, share=args.share, debug=args.debug,
+                          max_file_mb=max(4 * args.max_image_mb, 20))
+        except OSError as e:  # e.g. the port was taken while the servers started
+            if attempt + 1 == tries:
+                raise UserError(f"the page cannot listen on {args.host}:{port} ({e})",
+                                "pick another --port (0: any free port)") from None
+    raise AssertionError("unreachable")
+
+
 def default_model() -> str:
     from core.hardware import detect
 
@@ -220,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import serve
     from core.hardware import detect
-    from demo.app import Settings, build_app, launch
+    from demo.app import Settings, build_app
 
     for name, endpoint in ((model, args.endpoint), (compare, args.compare_endpoint)):
         if name is not None and endpoint is None:  # every check serve makes before any start
@@ -247,12 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             if targets[1].label == targets[0].label:  # e.g. one endpoint passed twice
                 targets[1].label += " (2)"
         app = build_app(targets, settings)
-        try:
-            url = launch(app, host=args.host, port=port, auth=auth, share=args.share, debug=args.debug,
-                         max_file_mb=max(4 * args.max_image_mb, 20))
-        except OSError as e:  # e.g. the port was taken while the servers started
-            raise UserError(f"the page cannot listen on {args.host}:{port} ({e})",
-                            "pick another --port (0: any free port)") from None
+        url = launch_page(app, args, port, auth)
         stack.callback(app.close)
         shown = " vs ".join(f"{t.label} at {t.base_url}" for t in targets)
         print(f"demo: running at {url} ({shown}) — Ctrl-C to stop", flush=True)
