@@ -109,6 +109,22 @@ def test_rtn_with_a_local_dataset_to_compressed_tensors(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-text-ct"]
 
 
+def test_one_autoround_run_per_format_gives_the_same_exports(tmp_path, monkeypatch):
+    """Where several formats would not fit in RAM together (the 8B VL shape on 24 GB), each is its own AutoRound run:
+    forced here on the tiny model, the formats must still agree (verify's cross-format check) and equal RTN."""
+    from quantize.api import quantize, read_report
+
+    monkeypatch.setenv("QWEN_W4_RUNS_PER_FORMAT", "1")
+    out = quantize("tiny-text", ["gptq", "awq"], "rtn", output=str(tmp_path / "out"))
+    assert sorted(out) == ["awq", "gptq"]
+    rep = read_report(out["gptq"])
+    assert rep["timings"]["runs"] == 2
+    assert rep["verify"]["ok"] and rep["verify"]["cross_format_kl"]["gptq~awq"] < 1e-3
+    r = rep["verify"]["results"]
+    assert abs(r["gptq"]["kl_mean"] - r["rtn"]["kl_mean"]) < 1e-3 and abs(r["awq"]["kl_mean"] - r["rtn"]["kl_mean"]) < 1e-3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-text-awq", "tiny-text-gptq"]
+
+
 def _check_artifact_ct(folder: Path) -> dict:
     report = json.loads((folder / "quantization_report.json").read_text())
     problems = lint.lint_folder(folder, "compressed-tensors", "text", catalog.TEXT_ARCH,

@@ -82,3 +82,13 @@ def test_exports_are_found_by_their_quant_method(tmp_path):
     found = export.find_exports(tmp_path)
     assert {k: v.name for k, v in found.items()} == {"autoround": "auto-round-auto-gptq", "gptq": "auto-gptq",
                                                      "awq": "auto-awq", "compressed-tensors": "llm-compressor-wint-a16"}
+
+
+def test_formats_are_packed_one_run_each_only_where_together_they_would_not_fit():
+    from quantize.export import runs_per_format
+
+    gib = 2**30
+    assert not runs_per_format(int(1.2e9), ["autoround", "gptq", "awq"], 21 * gib)  # 0.6B shape: together
+    assert runs_per_format(int(17.5e9), ["autoround", "gptq", "awq"], 21 * gib)  # the 8B VL shape on 24 GB: apart
+    assert not runs_per_format(int(17.5e9), ["gptq"], 21 * gib)  # one format is one run anyway
+    assert not runs_per_format(int(17.5e9), ["autoround", "gptq", "awq"], 120 * gib)  # a big machine: together
