@@ -35,6 +35,12 @@ GROUP = GROUP_SIZE  # W4A16 group size
 VLLM_CPU_BASE = 2.3e9  # measured: vLLM CPU process tree 3.22-3.44 GB RSS serving tiny-vl / tiny-text (weights
 #                        < 10 MB) with VLLM_CPU_KVCACHE_SPACE=1 GiB (reports/cpu-2026-12-01): ~2.3 GB + the KV space
 VLLM_GPU_BASE = 1.0e9  # estimate: CUDA context, cuBLAS/NCCL workspaces and CUDA graphs outside vLLM's torch profile
+# At the real 4B shape (reports/cpu-2026-12-04-shapes/text, vLLM 0.32 CPU, 151936-entry vocabulary) the process
+# tree held more than tiny models show beside weights and KV space: 1.23 GB more with bf16 weights, which grows with
+# the vocabulary (its sampler's fp32 logits buffers for every sequence slot: 8.1 KB per vocabulary entry), and with
+# W4 weights another 0.32-0.46x the packed decoder-linear bytes (the CPU int4 kernels' repacked copy of them)
+VLLM_CPU_PER_VOCAB = 8100
+VLLM_CPU_W4_REPACK_X = 0.4
 LLAMACPP_BASE = 0.2e9  # measured: llama.cpp server (llama-cpp-python) 0.09-0.18 GB RSS with tiny-vl-gguf
 LLAMACPP_UBATCH = 512  # llama.cpp's n_ubatch: its compute buffer holds logits for this many tokens (fp32)
 GPU_UTIL = 0.90  # vLLM's --gpu-memory-utilization default (serve's too)
@@ -310,14 +316,27 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
             notes.append(f"{len(gpus)} GPUs visible: planned for one (tensor parallel divides weights and KV)")
     else:
         if engine == "vllm":
-            overhead = Item(int(VLLM_CPU_BASE), "measured: vLLM CPU process tree RSS minus weights and KV space "
-                            "(tiny-vl/tiny-text, reports/cpu-2026-12-01)")
+            vocab = int(text.get("vocab_size") or 0)
+            repack = int(VLLM_CPU_W4_REPACK_X * groups.get("decoder_linear", 0)) if is_w4a16(s.fmt) else 0
+            overhead = Item(int(VLLM_CPU_BASE) + vocab * VLLM_CPU_PER_VOCAB + repack,
+                            f"measured: vLLM CPU process tree RSS minus weights and KV space, 2.3 GB (tiny models, "
+                            f"reports/cpu-2026-12-01) + {VLLM_CPU_PER_VOCAB} B x {vocab} vocabulary entries (sampler)"
+                            + (f" + {VLLM_CPU_W4_REPACK_X:g} x the 4-bit decoder linears (int4 kernel repack)"
+                               if repack else "") + " (4B shape, reports/cpu-2026-12-04-shapes)")
             step = max(CPU_STEP_TOKENS, img_tokens)
             act = prefill_bytes(cfg, min(step, max(requested, img_tokens)), concurrency)
             acts = Item(act, f"estimate: one prefill step of {min(step, max(requested, img_tokens))} tokens "
                         "(one layer live) + logits")
         else:
-            overhead = Item(int(LLAMACPP_BASE), "measured: llama.cpp server RSS with a tiny GGUF (reports/cpu-2026-12-01)")
+            from core.formats import gguf as gguf_format
+
+            kind = format_of(s.fmt)[1] or next(iter(gguf_format.REPACKED_SHARE))
+            share = gguf_format.REPACKED_SHARE.get(kind, 0.0) if hw.flag("avx2") else 0.0
+            repack = int(share * groups.get("decoder_linear", 0))
+            overhead = Item(int(LLAMACPP_BASE) + repack,
+                            "measured: llama.cpp server RSS with a tiny GGUF (reports/cpu-2026-12-01)"
+                            + (f" + its CPU repack of {share:.0%} of the decoder linears ({kind.upper()}, AVX2+; "
+                               "4B shape, reports/cpu-2026-12-04-shapes)" if repack else ""))
             act = prefill_bytes(cfg, LLAMACPP_UBATCH, LLAMACPP_UBATCH)
             acts = Item(act, f"estimate: compute buffer for n_ubatch {LLAMACPP_UBATCH} tokens (logits fp32)")
             if concurrency > 1:

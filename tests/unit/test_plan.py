@@ -122,11 +122,13 @@ def test_vision_budget_and_image_knob():
 # ---------------------------------------------------------------- will it fit
 
 def test_bf16_8b_on_23_gib_does_not_fit_or_only_short_w4_fits():
-    """Qwen3-VL-8B bf16 (17.5 GB) on a 23.5 GiB machine: with the published image budget (16.8 MP per image)
-    it does not fit; with 1 MP images only a short context; the W4A16 GPTQ (7.3 GB) fits 8192 tokens x 4."""
+    """Qwen3-VL-8B bf16 (17.5 GB) on a 23.5 GiB machine with 21 GiB free: it does not fit, even with 1 MP images
+    (vLLM's own 3.5 GB at the real vocabulary, measured); with 1.5 GiB more free, 1 MP images leave a short
+    context; the W4A16 GPTQ (7.3 GB) fits 8192 tokens x 4."""
     no = P.make_plan(subj(VL8), CPU_23)
     assert no.status == "no" and no.max_context < P.MIN_CONTEXT and no.weights.bytes > 17.5e9
-    short = P.make_plan(subj(VL8), CPU_23, max_pixels=1024 * 1024)
+    assert P.make_plan(subj(VL8), CPU_23, max_pixels=1024 * 1024).status == "no"
+    short = P.make_plan(subj(VL8), Hardware("Xeon", 2, AVX512, 24.0, 22.5, ()), max_pixels=1024 * 1024)
     assert short.status == "short" and P.MIN_CONTEXT <= short.max_context < 8192
     assert f"--max-model-len {short.max_context}" in short.command
     w4 = P.make_plan(subj(VL8, "gptq"), CPU_23)
@@ -148,7 +150,8 @@ def test_context_scales_with_concurrency_and_is_capped_by_the_model():
 
 
 def test_predictions_within_15_percent_of_measured_memory():
-    """vLLM CPU and llama.cpp server RSS measured by bench (reports/cpu-2026-12-01, max_model_len / n_ctx 2048)."""
+    """vLLM CPU and llama.cpp server RSS measured by bench (reports/cpu-2026-12-01 at the 0.6B shape, max_model_len /
+    n_ctx 2048; reports/cpu-2026-12-04-shapes at the 4B shape)."""
     cases = [  # (subject, measured bytes)
         (subj(BENCH, "bf16", max_model_len=2048), 4_401_819_648),  # vLLM bf16 peak RSS
         (subj(BENCH, "gptq", max_model_len=2048), 3_640_807_424),  # vLLM GPTQ wna16 path
@@ -156,6 +159,12 @@ def test_predictions_within_15_percent_of_measured_memory():
         (subj(TINY_VL, "bf16", max_model_len=2048, max_pixels=65536), 3_287_838_720),  # vLLM tiny-vl
         (subj(BENCH, "gguf", max_model_len=2048), 823_541_760),  # llama.cpp Q4_K_M
         (subj(BENCH, "gguf-bf16", max_model_len=2048), 1_237_254_144),  # llama.cpp BF16
+        # the real Qwen3-4B shape (reports/cpu-2026-12-04-shapes/text: context 4096, KV space 3 GiB, W4A8 path)
+        (subj(T4B, "bf16", max_model_len=4096), 15_084_273_664),
+        (subj(T4B, "gptq", max_model_len=4096), 10_478_112_768),
+        (subj(T4B, "awq", max_model_len=4096), 10_411_134_976),
+        (subj(T4B, "autoround", max_model_len=4096), 10_240_786_432),
+        (subj(T4B, "gguf", max_model_len=4096), 5_265_043_456),  # llama.cpp Q4_K_M, n_ctx 4096
     ]
     for s, measured in cases:
         p = P.make_plan(s, CPU_20)
