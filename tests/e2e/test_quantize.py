@@ -169,7 +169,14 @@ def test_ctrl_c_mid_tuning_leaves_previous_artifact_and_no_temp(artifact, tmp_pa
     cmd = [sys.executable, "-m", "quantize", "--model", "tiny-vl", "--formats", "gptq", "--recipe", "light",
            "--iters", "1000", "--output", str(out), "--overwrite"]
     env = {**ENV, "PYTHONPATH": str(REPO)}
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # a terminal's Ctrl-C: SIGINT must not reach the child ignored even where this run inherited it so (a shell
+    # script's background job), else Python never installs its KeyboardInterrupt handler. A handler set here is
+    # reset to the default by exec; an ignored disposition would be inherited.
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, prev)
     buf = bytearray()
     reader = threading.Thread(target=lambda: [buf.extend(c) for c in iter(lambda: p.stdout.read1(4096), b"")],
                               daemon=True)

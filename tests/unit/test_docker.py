@@ -158,10 +158,18 @@ def _help(module: str) -> str:
     return r.stdout
 
 
+def _packages() -> list[str]:
+    """The project's top-level packages: pyproject's `packages.find` include patterns (`core*` -> core)."""
+    include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    pkgs = [pat.rstrip("*") for pat in include]
+    assert pkgs and all((REPO / p / "__init__.py").is_file() for p in pkgs), include
+    return pkgs
+
+
 def _assert_real_cli(argv: list[str], where: str) -> None:
     assert argv[:2] == ["python", "-m"] and len(argv) >= 3, f"{where}: runs {argv}, not `python -m <command>`"
     module = argv[2]
-    assert module in _pyproject()["tool"]["setuptools"]["packages"], f"{where}: {module} is not a project package"
+    assert module in _packages(), f"{where}: {module} is not a project package"
     text = _help(module)
     missing = [f for f in _flags(argv[3:]) if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text)]
     assert not missing, f"{where}: `python -m {module} --help` does not list {missing}:\n{text}"
@@ -399,7 +407,7 @@ def test_dockerignore_keeps_what_the_images_need():
     patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.strip().startswith("#")]
     needed = ["pyproject.toml", "constraints.txt", "Makefile", "README.md"]
-    for pkg in _pyproject()["tool"]["setuptools"]["packages"]:
+    for pkg in _packages():
         needed += [f"{pkg}/__init__.py"] + [str(p.relative_to(REPO)) for p in (REPO / pkg).rglob("*.py")
                                            if "__pycache__" not in p.parts]
     for pkg, globs in _pyproject()["tool"]["setuptools"].get("package-data", {}).items():
