@@ -2,8 +2,9 @@
 
 A copy of a real-shape family (`shape-text`, `shape-vl`'s language model is not sliced) cut to `--blocks` decoder
 blocks (same widths, vocab and tokenizer; random weights written shard by shard) is quantized twice through
-`python -m quantize` with the same calibration settings: once with `--iters 0` (calibration, caching, RTN, export)
-and once with `--iters N`. (wall(N) - wall(0)) / (blocks x N) is the cost of one tuning iteration of one block at
+`python -m quantize` with the same calibration settings: once with `--iters 1` (calibration, caching, the tuning
+path once, export; `--iters 0` is no baseline: AutoRound then runs its slower optimized RTN) and once with
+`--iters N`. (wall(N) - wall(1)) / (blocks x (N - 1)) is the cost of one tuning iteration of one block at
 that batch size and sequence length; the report scales it to every recipe (iters x blocks of the full model x
 tokens per step relative to the measurement: an estimate, said so). Writes report.json and report.md to --out.
 """
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shape-text", choices=sorted(FAMILIES), help="real-shape family (default shape-text)")
     p.add_argument("--blocks", type=int, default=1, help="decoder blocks kept (default 1)")
-    p.add_argument("--iters", type=int, default=10, help="tuning iterations of the measured run (default 10)")
+    p.add_argument("--iters", type=int, default=30, help="tuning iterations of the measured run (default 30)")
     p.add_argument("--nsamples", type=int, default=8, help="calibration samples (default 8)")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per sample (default 256)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per tuning step (default 4)")
@@ -74,8 +75,12 @@ def quantize_once(model: Path, iters: int, a, out: Path) -> dict:
 def report(a, runs: list[dict], full_blocks: int) -> dict:
     from quantize import recipes
 
-    zero, tuned = runs
-    per = (tuned["wall_s"] - zero["wall_s"]) / (a.blocks * a.iters)
+    one, tuned = runs
+    per = (tuned["wall_s"] - one["wall_s"]) / (a.blocks * (tuned["iters"] - one["iters"]))
+    if per <= 0:
+        raise UserError(f"--iters {tuned['iters']} took no longer than --iters {one['iters']} "
+                        f"({tuned['wall_s']} s vs {one['wall_s']} s): too few iterations to measure",
+                        "raise --iters (e.g. --iters 50)")
     step_tokens = a.batch_size * a.seqlen
     est = {}
     for r in recipes.RECIPES.values():
@@ -111,8 +116,8 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    if a.blocks < 1 or a.iters < 1:
-        raise UserError("--blocks and --iters must be at least 1", "e.g. --blocks 1 --iters 10")
+    if a.blocks < 1 or a.iters < 2:
+        raise UserError("--blocks must be at least 1 and --iters at least 2", "e.g. --blocks 1 --iters 30")
     out = Path(a.out)
     if out.exists() and not a.overwrite:
         raise UserError(f"{out} exists", "pass --overwrite or another --out")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(catalog.artifact_root()) / f".tuning-{os.getpid()}"
     try:
         model = sliced(a.model, a.blocks, work)
-        runs = [quantize_once(model, i, a, work / f"out-{i}") for i in (0, a.iters)]
+        runs = [quantize_once(model, i, a, work / f"out-{i}") for i in (1, a.iters)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     r = report(a, runs, full_blocks)
