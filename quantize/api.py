@@ -245,14 +245,12 @@ def _safetensors(opts: QuantizeOptions, resolved: catalog.Resolved, cfg: dict | 
     ar_out = st.path / "autoround"
     from core.hardware import detect
 
-    base_bytes = export.folder_bytes(source.base_folder(resolved)) if resolved.path else 0
-    forced = os.environ.get(export.RUNS_PER_FORMAT_ENV, "").strip()
-    per_format = forced == "1" if forced in ("0", "1") else \
-        export.runs_per_format(base_bytes, fmts, detect().mem_available_gib * 2**30)
+    base_bytes = export.folder_bytes(resolved.path) if resolved.path else 0
+    free_gib = detect().mem_available_gib
+    per_format = export.runs_per_format(base_bytes, fmts, free_gib * 2**30)
     if per_format:
         log(f"one AutoRound run per format: packing {len(fmts)} formats together needs about "
-            f"{export.PACK_TOGETHER_RAM_X * base_bytes / 1e9:.0f} GB of RAM, {detect().mem_available_gib:.1f} GiB "
-            "is available")
+            f"{export.PACK_TOGETHER_RAM_X * base_bytes / 1e9:.0f} GB of RAM, {free_gib:.1f} GiB is available")
     try:
         found, timings = export.run_autoround(resolved.location, kwargs, fmts, ar_out, st.path / "work_space",
                                               on_loaded=on_loaded, per_format=per_format)

@@ -124,7 +124,11 @@ RUNS_PER_FORMAT_ENV = "QWEN_W4_RUNS_PER_FORMAT"  # 1: one AutoRound run per form
 
 
 def runs_per_format(base_bytes: int, formats: list[str], available_bytes: float) -> bool:
-    """One AutoRound run per format when packing them together would not fit in the available RAM."""
+    """One AutoRound run per format when packing them together would not fit in the available RAM
+    (RUNS_PER_FORMAT_ENV=1/0 decides instead)."""
+    forced = os.environ.get(RUNS_PER_FORMAT_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     return len(formats) > 1 and PACK_TOGETHER_RAM_X * base_bytes > available_bytes
 
 
