@@ -242,7 +242,8 @@ def cpu_int4_line(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str
         return None
     if info.format.cpu_kernel:
         applies = "/".join(f.name for f in FORMATS.values() if f.vllm_cpu_int4)
-        return f"cpu int4: {info.format.cpu_kernel}; --cpu-int4 applies to {applies}"
+        advice = f"; {info.format.cpu_advice}" if info.format.cpu_advice else ""
+        return f"cpu int4: {info.format.cpu_kernel}; --cpu-int4 applies to {applies}{advice}"
     how = "vLLM's own choice on AMX" if hw.flag("amx_tile") and path == "w4a8" else (
         "serve's choice (--cpu-int4 auto)" if requested == "auto" else f"--cpu-int4 {requested}")
     exact, why = cpu_agreement(hw, path)

@@ -400,8 +400,9 @@ def _gb(b: float) -> str:
     return f"{b / GB:.2f} GB" if b >= 0.1 * GB else f"{b / 1e6:.1f} MB"
 
 
-def lines(p: Plan, hw: Hardware) -> list[str]:
-    """The plan as text: one number per line with its source."""
+def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
+    """The plan as text: one number per line with its source. A plan that does not fit ends with its 4-bit
+    `alternative` (the plan of `four_bit_alternative`) and that one's command instead of its own."""
     where = (f"GPU {p.gpu.gpu}" if p.gpu else f"CPU {hw.cpu_model}, {hw.cores} cores") + \
         f", {hw.mem_total_gib:g} GiB RAM"
     out = [f"plan: {p.model} ({p.fmt}) on {p.engine} ({p.device}) — {where}"]
@@ -437,7 +438,17 @@ def lines(p: Plan, hw: Hardware) -> list[str]:
         out.append(f"  {'':<18} llama.cpp: {p.image['llamacpp']}")
     for n in p.notes:
         out.append(f"  note: {n}")
-    out.append(f"  command: {p.command}")
+    if p.status != "no":
+        out.append(f"  command: {p.command}")
+    elif alternative is None:
+        out.append("  command: none fits here: free memory, or use a machine with more "
+                   + ("VRAM" if p.device == "cuda" else "RAM"))
+    else:
+        a = alternative
+        out.append(f"  instead: {a.model} ({a.fmt}) on {a.engine}: {a.status}, longest context {a.max_context} tok, "
+                   f"predicted {_gb(a.predicted.bytes)}")
+        out.append(f"  command: {a.command}" if a.status != "no" else
+                   "  command: none fits here, not even 4-bit: use a machine with more memory")
     return out
 
 
@@ -536,6 +547,22 @@ def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
                    v.family.base_alias if v is not None and v.is_quantized else None)
 
 
+def four_bit_alternative(name: str, hw: Hardware) -> str | None:
+    """The 4-bit variant of catalog model `name`'s family that this machine serves best, as measured
+    (README 'Hardware'): GPTQ where vLLM has a fast W4A16 path (a GPU, or a CPU with AVX-512 VNNI / AMX: its W4A8
+    kernel), the GGUF variant on llama.cpp on other CPUs. None for a name outside the catalog, or when `name` is
+    that variant already."""
+    v = catalog.VARIANTS.get(name)
+    if v is None:
+        return None
+    fast_vllm = hw.has_gpu or (hw.w4a16_serving[0] and (hw.flag("avx512_vnni") or hw.flag("amx_tile")))
+    fmt = "gptq" if fast_vllm else "gguf"
+    if fmt == v.format.name:
+        return None
+    alias = catalog.quantized_alias(v.family.base_alias, fmt)
+    return alias if alias in catalog.VARIANTS else None
+
+
 # ---------------------------------------------------------------- command line
 
 def predict(name: str, hw: Hardware, *, concurrency: int, max_model_len: int | None = None,
@@ -592,12 +619,20 @@ def main(argv: list[str]) -> int:
         raise UserError("--device cuda: no NVIDIA GPU is visible here", 'plan one with --gpu "NAME, MiB, X.Y"')
     elif args.device != "cpu":
         gpus = list(hw.gpus)
+
+    def plan_of(s: Subject) -> Plan:
+        weights = header_weights(s.folder) if s.folder is not None else None
+        return make_plan(s, hw, weights=weights, gpus=gpus if args.device != "cpu" else [], device=args.device,
+                         concurrency=args.concurrency, max_model_len=args.max_model_len,
+                         max_pixels=args.max_image_pixels, images=args.images_per_prompt,
+                         gpu_util=args.gpu_memory_utilization)
+
     s = subject(name)
-    weights = header_weights(s.folder) if s.folder is not None else None
-    p = make_plan(s, hw, weights=weights, gpus=gpus if args.device != "cpu" else [], device=args.device,
-                  concurrency=args.concurrency, max_model_len=args.max_model_len, max_pixels=args.max_image_pixels,
-                  images=args.images_per_prompt, gpu_util=args.gpu_memory_utilization)
-    print("\n".join(lines(p, hw)), flush=True)
+    p = plan_of(s)
+    here = hw if p.device == "cuda" else dataclasses.replace(hw, gpus=())
+    alt_name = four_bit_alternative(s.name, here) if p.status == "no" else None
+    alt = plan_of(subject(alt_name)) if alt_name else None
+    print("\n".join(lines(p, hw, alt)), flush=True)
     if p.gpu and is_w4a16(s.fmt) and (refusal := preflight_refusal(p.gpu, s.name, s.bf16_alias)):
         raise refusal
     return 0

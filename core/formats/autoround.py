@@ -41,6 +41,8 @@ FORMAT = Format(
     "autoround", "autoround", "auto_round", "auto-round", "inc", spellings=("auto-round",),
     quant_methods=("intel/auto-round", "inc"),
     w4a16=True, cpu_kernel="AutoRound's own CPU kernel (auto-round-lib)",
+    cpu_advice=("slower than the 16-bit model on a CPU (measured 0.57-0.85x vLLM bf16, README 'Hardware'), while the "
+                "GPTQ or AWQ export of the same model runs vLLM's W4A8 kernel at 2.0-3.4x: serve that one on a CPU"),
     autoround_config=True, verify_load="autoround-config",
     check_scheme=check_scheme, vllm_quantized=vllm_quantized,
     packed=gptq.PACKED, packed_shape=gptq.packed_shape, dequantize=gptq.dequantize,

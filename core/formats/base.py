@@ -107,6 +107,7 @@ class Format:
     w4a16: bool = False  # int4 weights (group 128) and 16-bit activations: vLLM's W4A16 kernels
     cpu_kernel: str | None = None  # W4A16 on vLLM's CPU build: the kernel it runs instead of CPUWNA16 (None:
     #                                CPUWNA16, where --cpu-int4 picks W4A8 or wna16)
+    cpu_advice: str = ""  # serve on a CPU: what the measurements say to serve instead (appended to its kernel line)
     autoround_config: bool = False  # transformers loads it through AutoRound's `AutoRoundConfig`
     verify_load: str | None = None  # how verify reloads an export: "autoround-config" (transformers +
     #                                 AutoRoundConfig), "transformers" (it reads the format itself), "dequantize"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from core import catalog
 from core.errors import UserError
-from serve import process
+from serve import fit, process
 from serve.args import (
     CPU_INT4_ENV,
     VLLM_PYTHON_ENV,
@@ -47,6 +47,9 @@ def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
         cpu_int4=(opts.cpu_int4 or os.environ.get(CPU_INT4_ENV) or "auto").strip().lower())
     argv, env = vllm_command(info, hw, opts)
     kernel = cpu_int4_line(info, hw, opts.cpu_int4)
+    sibling = fit.four_bit_alternative(model, hw)
+    if kernel and info.format.cpu_advice and sibling:
+        kernel += f" (here: {sibling})"
     return Launch(NAME, model, opts.served_name or info.served_name, hw, opts, argv, env, shown_command(argv, env),
                   info, [kernel] if kernel else [])
 
@@ -71,18 +74,15 @@ def check_memory(lp: Launch) -> None:
     the kernel's OOM killer while vLLM loads it. --force starts it anyway."""
     if lp.opts.force or lp.hw.has_gpu or lp.info.source != "local":
         return
-    from serve import fit
-
     kv = int(lp.env.get("VLLM_CPU_KVCACHE_SPACE") or 0) or None
     p = fit.predict(lp.info.location, lp.hw, concurrency=1, max_model_len=lp.opts.max_model_len or
                     lp.info.max_model_len, kv_cache_gib=kv)
     have = lp.hw.mem_available_gib * 2**30
     if p["predicted_bytes"] <= have:
         return
-    smaller = ""
     v = catalog.VARIANTS.get(lp.model)
-    if v is not None and v.format.name == "bf16":
-        smaller = f"serve {catalog.quantized_alias(v.family.base_alias, 'gptq')} (4-bit) instead, or "
+    alt = fit.four_bit_alternative(lp.model, lp.hw) if v is not None and v.format.name == "bf16" else None
+    smaller = f"serve {alt} (4-bit) instead, or " if alt else ""
     raise UserError(f"{lp.model} needs about {p['predicted_bytes'] / 1e9:.1f} GB of RAM on vLLM (weights "
                     f"{p['weights_bytes'] / 1e9:.1f} GB, KV cache {kv or p['kv_cache_gib']} GiB, vLLM "
                     f"{p['overhead_bytes'] / 1e9:.1f} GB), {have / 1e9:.1f} GB is available",

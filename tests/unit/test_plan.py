@@ -253,3 +253,51 @@ def test_predict_uses_the_kv_space_the_server_was_started_with(tmp_path, monkeyp
     assert one["weights_bytes"] == res["total_size"] and one["context"] == 2048
     assert one["predicted_bytes"] == (one["weights_bytes"] + one["overhead_bytes"] + 2**30 + one["activations_bytes"]
                                       + one["vision_bytes"])
+
+
+# ---------------------------------------------------------------- what to serve instead when it does not fit
+
+AVX2_ONLY = Hardware("EPYC", 2, ("avx2",), 23.5, 20.0, ())
+AVX512_NO_VNNI = Hardware("Xeon", 2, ("avx2", "avx512f", "avx512bw"), 23.5, 20.0, ())
+
+
+def test_four_bit_alternative_follows_the_measured_fast_path():
+    """GPTQ where vLLM's W4A8 (VNNI/AMX CPUs) or Marlin/Machete (GPU) runs it; the GGUF variant on llama.cpp where
+    vLLM's only 4-bit CPU path is slower than bf16 (no VNNI) or missing (AVX2)."""
+    gpu = Hardware("Xeon", 16, AVX512, 128.0, 120.0, (Gpu("NVIDIA H200", 140.4),))
+    assert P.four_bit_alternative("shape-vl", CPU_20) == "shape-vl-gptq"
+    assert P.four_bit_alternative("vl-fp16", gpu) == "vl-gptq"
+    assert P.four_bit_alternative("shape-vl", AVX2_ONLY) == "shape-vl-gguf"
+    assert P.four_bit_alternative("shape-text", AVX512_NO_VNNI) == "shape-text-gguf"
+    assert P.four_bit_alternative("shape-vl-gptq", AVX2_ONLY) == "shape-vl-gguf"  # refused W4A16 -> GGUF
+    assert P.four_bit_alternative("shape-vl-gptq", CPU_20) is None  # it is the alternative
+    assert P.four_bit_alternative("/some/folder", CPU_20) is None
+
+
+def test_a_plan_that_does_not_fit_prints_the_four_bit_command_instead():
+    small = Hardware("EPYC", 2, AVX512, 20.0, 18.0, ())  # bf16 8B-VL needs ~22 GB, GPTQ ~14
+    p = P.make_plan(subj(VL8, "bf16", name="shape-vl", max_model_len=4096), small, concurrency=1)
+    assert p.status == "no"
+    alt = P.make_plan(subj(VL8, "gptq", name="shape-vl-gptq", max_model_len=4096), small, concurrency=1)
+    assert alt.status in ("fits", "short")
+    out = P.lines(p, small, alt)
+    assert any(line.startswith(f"  instead: shape-vl-gptq (gptq) on vllm: {alt.status}") for line in out)
+    assert out[-1] == f"  command: {alt.command}" and "--model shape-vl-gptq" in out[-1]
+    assert not any("--model shape-vl " in line for line in out)  # its own command is not offered
+    none = P.lines(p, small)
+    assert none[-1].startswith("  command: none fits here") and "instead" not in "".join(none)
+    tiny_ram = Hardware("EPYC", 2, AVX512, 4.0, 3.0, ())
+    nothing = P.make_plan(subj(VL8, "gptq", name="shape-vl-gptq", max_model_len=4096), tiny_ram, concurrency=1)
+    assert P.lines(p, tiny_ram, nothing)[-1].startswith("  command: none fits here, not even 4-bit")
+    assert P.lines(alt, small)[-1] == f"  command: {alt.command}"  # a plan that fits keeps its own command
+
+
+def test_cli_offers_the_four_bit_variant_when_the_model_does_not_fit(tmp_path, monkeypatch, capsys):
+    import core.hardware
+
+    monkeypatch.setenv("QWEN_W4_HOME", str(tmp_path))
+    monkeypatch.setattr(core.hardware, "detect", lambda: Hardware("EPYC", 2, ("avx2",), 16.0, 14.0, ()))
+    assert P.main(["--plan", "shape-vl", "--max-model-len", "4096", "--concurrency", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict            no" in out and "instead: shape-vl-gguf (gguf) on llamacpp" in out
+    assert "command: python -m serve --model shape-vl-gguf" in out

@@ -448,3 +448,26 @@ def test_log_excerpt_and_root_cause():
     assert not any("leaked" in ln or "Failed to create oneDNN" in ln for ln in shown)
     generic = [ln.replace("cpu_gemm_wna16", "some_attr") for ln in log]
     assert likely_cause(generic)[0] == "AttributeError: '_OpNamespace' '_C' object has no attribute 'some_attr'"
+
+
+def test_autoround_on_a_cpu_says_what_to_serve_instead(tmp_path, monkeypatch):
+    """vLLM runs AutoRound checkpoints with AutoRound's CPU kernel, measured slower than bf16 at every shape: serve's
+    kernel line says so and names the GPTQ variant of the same model (the W4A8 path)."""
+    line = cpu_int4_line(info("vl", "autoround"), CPU_AVX512)
+    assert "slower than the 16-bit model" in line and "GPTQ or AWQ" in line and "\n" not in line
+    assert "slower" not in cpu_int4_line(info("vl", "gptq"), CPU_AVX512)
+    from core import shapes
+    from serve.engines import vllm
+
+    monkeypatch.setenv("QWEN_W4_HOME", str(tmp_path))
+    folder = tmp_path / "artifacts" / "tiny-text-autoround"
+    small = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 512, "max_position_embeddings": 4096}
+    shapes.write_checkpoint(shapes.text_config(small, {"bos": 0, "eos": 2, "pad": 0, "vision_start": 3,
+                                                       "vision_end": 4, "image": 5, "video": 6}), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "auto-round", "bits": 4, "group_size": 128, "sym": True,
+                                  "packing_format": "auto_round:auto_gptq"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    lp = vllm.plan("tiny-text-autoround", ServeOptions(max_model_len=2048), CPU_AVX512)
+    assert any("slower than the 16-bit model" in n and "(here: tiny-text-gptq)" in n for n in lp.notes)
