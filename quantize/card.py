@@ -14,7 +14,7 @@ def _yaml_list(items: list[str], indent: int = 0) -> str:
 
 
 def _mb(b: int | None) -> str:
-    return "?" if b is None else f"{b / 2**20:.2f} MB"
+    return "?" if b is None else f"{b / 2**20:.2f} MiB"
 
 
 def render(report: dict) -> str:

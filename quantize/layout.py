@@ -93,12 +93,12 @@ class Layout:
         t = self.totals()
         lines = [(f"layout ({self.architecture}): {t['linears_4bit']} Linear modules -> 4-bit (sym, group "
                   f"{GROUP_SIZE}); everything else stays 16-bit")]
-        lines.append(f"  {'':6} {'modules':<58} {'count':>5} {'params':>12} {'bf16':>10} {'W4A16':>10}")
+        lines.append(f"  {'':6} {'modules':<58} {'count':>5} {'params':>12} {'bf16':>11} {'W4A16':>11}")
         for r in self.groups():
             lines.append(f"  {'4-bit' if r['kind'] == 'linear4' else '16-bit':6} {r['group'][:58]:<58} "
-                         f"{r['count']:>5} {r['params']:>12,} {_mb(r['bytes_bf16']):>10} {_mb(r['bytes_w4a16']):>10}")
+                         f"{r['count']:>5} {r['params']:>12,} {_mb(r['bytes_bf16']):>11} {_mb(r['bytes_w4a16']):>11}")
         lines.append(f"  {'total':6} {'':<58} {'':>5} {t['params_4bit'] + t['params_16bit']:>12,} "
-                     f"{_mb(t['bytes_bf16']):>10} {_mb(t['bytes_w4a16']):>10}  (x{t['ratio']})")
+                     f"{_mb(t['bytes_bf16']):>11} {_mb(t['bytes_w4a16']):>11}  (x{t['ratio']})")
         return "\n".join(lines)
 
 
@@ -121,7 +121,7 @@ def _group_name(pattern: str) -> str:
 
 
 def _mb(b: int) -> str:
-    return f"{b / 2**20:.2f} MB"
+    return f"{b / 2**20:.2f} MiB"
 
 
 def modality_of(config: dict) -> tuple[str, str]:

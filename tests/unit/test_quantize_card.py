@@ -53,7 +53,7 @@ def test_card_body_has_layout_quality_and_serving():
     assert "95.0%" in text and "with an image" in text
     assert "python -m serve --model tiny-vl-gptq" in text
     assert "vllm serve /x/artifacts/tiny-vl-gptq" in text and "--limit-mm-per-prompt" in text
-    assert "7.56 MB" in text and "warnings: not Marlin-tileable" in text
+    assert "7.56 MiB" in text and "warnings: not Marlin-tileable" in text
 
 
 def test_card_without_verify_says_so():
