@@ -168,7 +168,8 @@ def render_md(report: dict) -> str:
     L.append("")
     L.append(f"Workload: {s.get('prompts')} requests per concurrency level (at least one per slot), "
              f"{s.get('input_len')} prompt tokens, {s.get('output_len')} output tokens forced "
-             f"(ignore_eos + min_tokens), greedy, streaming; concurrency {', '.join(map(str, s.get('concurrency', [])))}.")
+             f"(ignore_eos + min_tokens), greedy, streaming; concurrency {', '.join(map(str, s.get('concurrency', [])))}."
+             + (f" Image requests: one {s.get('image')}, sent as {s['image_sent']}." if s.get("image_sent") else ""))
     L.append("")
     if report.get("notes"):
         L += ["## Findings", "", report["notes"].strip(), ""]

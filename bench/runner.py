@@ -199,6 +199,7 @@ class Runner:
         self._status("measuring memory bandwidth")
         bw = self._bandwidth(hw)
         self.image = workload.load_image(s.image) if any(e["modality"] == "vl" for e in plan) else None
+        image_note = self._fit_image(plan)
         variants = []
         for entry in plan:
             variants.append(self.variant(entry))
@@ -211,6 +212,7 @@ class Runner:
             "settings": {
                 "engine": s.engine, "models": s.models, "concurrency": s.concurrency, "prompts": s.prompts,
                 "input_len": s.input_len, "output_len": s.output_len, "image": s.image or "built-in test picture",
+                "image_sent": image_note,
                 "quality_tokens": s.quality_tokens,
                 "quality_prompts": list(workload.QUALITY_PROMPTS[: s.quality_prompts]),
                 "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
@@ -224,6 +226,23 @@ class Runner:
             report["environment"]["load_average_end"] = list(os.getloadavg())
         self._quality(report, plan)
         return report
+
+    def _fit_image(self, plan: list[dict]) -> str | None:
+        """Resize the picture once to the smallest image budget among the VL variants' processors, so that every
+        engine encodes the same pixels (vLLM resizes by the processor itself; llama.cpp's server would encode the
+        picture as sent). Returns what was sent, for the report."""
+        if self.image is None:
+            return None
+        budgets = [mp for e in plan if e["modality"] == "vl" and e["source"] == "local"
+                   and (mp := artifact.max_image_pixels(e["location"]))]
+        w, h = self.image.size
+        if not budgets:
+            return f"{w}x{h} as given (no local processor config says an image budget)"
+        self.image = workload.fit_pixels(self.image, min(budgets))
+        nw, nh = self.image.size
+        tokens = nw * nh // (32 * 32)
+        return (f"{nw}x{nh} ({tokens} image tokens on every engine; {w}x{h} resized to the processor's max_pixels "
+                f"{min(budgets)})" if (nw, nh) != (w, h) else f"{w}x{h} ({tokens} image tokens on every engine)")
 
     def _bandwidth(self, hw) -> dict:
         bw = roofline.measure_bandwidth("cuda" if (hw.has_gpu and self.s.engine == "transformers") else "cpu",

@@ -151,6 +151,22 @@ class Artifact:
     max_model_len: int | None = None  # from quantization_report.json
 
 
+def max_image_pixels(folder: str | Path) -> int | None:
+    """The most pixels the model's image processor gives one picture (Qwen-VL's `max_pixels`, or `size.longest_edge`
+    in transformers 5's spelling), from the folder's preprocessor/processor config; None where it says nothing."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        try:
+            d = json.loads((Path(folder) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        d = d.get("image_processor", d) if isinstance(d, dict) else {}
+        size = d.get("size") or {}
+        mp = d.get("max_pixels") or (size.get("longest_edge") if isinstance(size, dict) else None)
+        if isinstance(mp, int):
+            return mp
+    return None
+
+
 def quantization_config(cfg: dict) -> dict:
     """A config's quantization_config (top level, or a VL config's text_config), {} for a 16-bit model."""
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}

@@ -454,20 +454,6 @@ def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
 
 # ---------------------------------------------------------------- I/O: what the model is, which GPUs
 
-def _max_pixels_of(folder: Path) -> int | None:
-    for name in ("preprocessor_config.json", "processor_config.json"):
-        try:
-            d = json.loads((folder / name).read_text())
-        except (OSError, ValueError):
-            continue
-        d = d.get("image_processor", d) if isinstance(d, dict) else {}
-        size = d.get("size") or {}
-        mp = d.get("max_pixels") or (size.get("longest_edge") if isinstance(size, dict) else None)
-        if isinstance(mp, int):
-            return mp
-    return None
-
-
 def _fmt_of(cfg: dict, folder: Path | None) -> str:
     if folder is not None:
         from core.artifact import gguf_file as find_file
@@ -541,7 +527,7 @@ def subject(name: str) -> Subject:
 
 def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
     cfg = artifact.read_config(folder)
-    mp = _max_pixels_of(folder)
+    mp = artifact.max_image_pixels(folder)
     return Subject(name, str(folder), cfg, src or f"config.json of {folder}", _fmt_of(cfg, folder), folder,
                    v.family.max_model_len if v else None, mp, "the artifact's preprocessor_config.json" if mp else "",
                    v.family.base_alias if v is not None and v.is_quantized else None)

@@ -214,8 +214,12 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
            "--no-progress"]
     r = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    x = json.loads((out / "report.json").read_text())["variants"][0]
+    rep = json.loads((out / "report.json").read_text())
+    x = rep["variants"][0]
     assert x["status"] == "ok" and x["engine"]["server"] == "llama.cpp", x.get("reason")
+    # llama.cpp's server has no image budget: bench sends the picture at the processor's size (64 tokens, as vLLM)
+    assert rep["settings"]["image_sent"].startswith("256x256 (64 image tokens on every engine; 448x448 resized")
+    assert "sent as 256x256" in (out / "report.md").read_text()
     for scen in ("text", "image"):
         _check_forced(x["raw"][scen]["1"], x["runs"][scen]["1"], 2, 8, out / "report.md")
 

@@ -51,3 +51,25 @@ def test_images_are_distinct_but_alike():
     assert [s.name for s in sc] == ["text", "image"]
     assert len({r.image.tobytes() for r in sc[1].requests}) == 4 and all(r.image is None for r in sc[0].requests)
     assert [s.name for s in scenarios("text", 4, 16, 8)] == ["text"]
+
+
+def test_fit_pixels_gives_every_engine_the_processors_image():
+    """bench resizes the picture to the processor's budget before sending it: vLLM's processor then sees the same
+    patch grid as from the original (nothing changes for it), and llama.cpp, which has no budget of its own in
+    llama-cpp-python 0.3.36's server, encodes that grid too (64 tokens, not 196 for a 448 x 448 picture)."""
+    from transformers import Qwen2VLImageProcessor
+
+    from bench.workload import fit_pixels
+
+    proc = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                 size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256})
+    for img in (default_image(), default_image().resize((1000, 300)), default_image().resize((96, 64))):
+        fitted = fit_pixels(img, 256 * 256)
+        w, h = fitted.size
+        assert w % 32 == 0 and h % 32 == 0 and w * h <= 256 * 256
+        grid = proc(images=[img], return_tensors="pt")["image_grid_thw"].tolist()
+        assert proc(images=[fitted], return_tensors="pt")["image_grid_thw"].tolist() == grid
+        assert grid[0][1] * 16 == h and grid[0][2] * 16 == w  # the grid *is* the fitted picture
+    assert fit_pixels(default_image(), 256 * 256).size == (256, 256)
+    small = default_image().resize((96, 64))
+    assert fit_pixels(small, 256 * 256) is small  # already a processor size: sent as it is
