@@ -95,23 +95,6 @@ def load_image(path: str | None):
         raise UserError(f"{path} is not an image ({e})", "pass a PNG or JPEG file with --image") from None
 
 
-def fit_pixels(image, max_pixels: int, patch: int = 16, merge: int = 2):
-    """`image` resized as Qwen-VL's image processor resizes it (transformers' `smart_resize`: sides multiples of
-    patch x merge, at most `max_pixels`, aspect kept), or itself where it already fits. A benchmark sends this to
-    every engine so that all encode the same image tokens: vLLM applies the model's processor, llama.cpp 0.3.36's
-    server has no image budget of its own (its mtmd default lets a 448 x 448 picture become 196 tokens, not 64)."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    w, h = image.size
-    factor = patch * merge
-    nh, nw = smart_resize(h, w, factor=factor, min_pixels=factor * factor, max_pixels=max_pixels)
-    if (nw, nh) == (w, h):
-        return image
-    from PIL import Image
-
-    return image.resize((nw, nh), Image.Resampling.BICUBIC)
-
-
 def marked(image, index: int):
     """A copy of `image` with `index` written as a tiny black/white pattern in its top-left corner, so that
     every request carries a different image (no cache hit in the server) that looks the same."""

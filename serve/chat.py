@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"server's OpenAI base URL (default: ${BASE_URL_ENV} or {DEFAULT_BASE_URL})")
     p.add_argument("--api-key", default=None, help=f"the server's API key (default: ${API_KEY_ENV})")
     p.add_argument("--image", action="append", default=[], metavar="PATH_OR_URL", help="attach an image (repeatable)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="resize larger images here to at most N pixels, as the model's processor would (for "
+                        "llama.cpp's server, which has no image budget; vLLM applies the processor's own)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     base_url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     api_key = args.api_key or os.environ.get(API_KEY_ENV)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    messages.append(user_message(prompt, args.image, allow_urls=True))
+    if args.max_image_pixels is not None and args.max_image_pixels < 32 * 32:
+        raise UserError(f"--max-image-pixels {args.max_image_pixels} is below one image token (1024 pixels)",
+                        "pass e.g. --max-image-pixels 1048576 (1 MP, 1024 image tokens)")
+    messages.append(user_message(prompt, args.image, allow_urls=True, max_pixels=args.max_image_pixels))
     stats = None
     for ev in stream_chat(base_url, args.model, messages, api_key=api_key, max_tokens=args.max_tokens,
                           temperature=args.temperature, ignore_eos=args.ignore_eos, timeout=args.timeout):

@@ -29,14 +29,35 @@ KEEP_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", 
 
 # ---------------------------------------------------------------- messages
 
-def image_part(src: Any, allow_urls: bool = False, max_bytes: int = MAX_IMAGE_BYTES) -> dict:
+def fit_pixels(image, max_pixels: int, patch: int = 16, merge: int = 2):
+    """`image` resized as Qwen-VL's image processor resizes it (transformers' `smart_resize`: sides multiples of
+    patch x merge, at most `max_pixels`, aspect kept), or itself where it already is that size. vLLM applies the
+    model's processor itself; llama.cpp 0.3.36's server has no image budget (its mtmd makes 196 tokens of a
+    448 x 448 picture where the processor of a 65,536-pixel budget makes 64): a client sends it this instead."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    w, h = image.size
+    factor = patch * merge
+    nh, nw = smart_resize(h, w, factor=factor, min_pixels=factor * factor, max_pixels=max_pixels)
+    if (nw, nh) == (w, h):
+        return image
+    from PIL import Image
+
+    return image.resize((nw, nh), Image.Resampling.BICUBIC)
+
+
+def image_part(src: Any, allow_urls: bool = False, max_bytes: int = MAX_IMAGE_BYTES,
+               max_pixels: int | None = None) -> dict:
     """A chat content part for an image: local path, PIL image, raw bytes, a data URL, or (if allowed) an
     http(s) URL, fetched here with a timeout and size limit. PNG/JPEG/WebP/GIF keep their bytes; other
-    formats and PIL images are sent as PNG."""
+    formats and PIL images are sent as PNG. `max_pixels`: a picture with more pixels is resized here
+    (`fit_pixels`) and sent as PNG, for a server without an image budget of its own (llama.cpp)."""
     if isinstance(src, dict) and src.get("type") in ("image_url", "image"):
         return src
     name = "image"
     if _is_pil(src):
+        if max_pixels and src.size[0] * src.size[1] > max_pixels:
+            src = fit_pixels(src, max_pixels)
         data, mime = _png_bytes(src), "image/png"
         return _part(data, mime, max_bytes, name)
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -67,19 +88,25 @@ def image_part(src: Any, allow_urls: bool = False, max_bytes: int = MAX_IMAGE_BY
     if len(data) > max_bytes:
         raise UserError(f"image {name} is larger than {max_bytes // 2**20} MiB", "send a smaller image")
     fmt = _image_format(data, name)
-    if fmt in KEEP_FORMATS:
-        return _part(data, KEEP_FORMATS[fmt], max_bytes, name)
     from PIL import Image
 
+    if max_pixels:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.size[0] * img.size[1] > max_pixels:
+                return _part(_png_bytes(fit_pixels(img.convert("RGB"), max_pixels)), "image/png", max_bytes, name)
+    if fmt in KEEP_FORMATS:
+        return _part(data, KEEP_FORMATS[fmt], max_bytes, name)
     return _part(_png_bytes(Image.open(io.BytesIO(data))), "image/png", max_bytes, name)
 
 
-def user_message(text: str, images: Iterable[Any] = (), allow_urls: bool = False) -> dict:
-    """A user turn: plain text, or the images (paths, PIL images, bytes, parts) followed by the text."""
+def user_message(text: str, images: Iterable[Any] = (), allow_urls: bool = False,
+                 max_pixels: int | None = None) -> dict:
+    """A user turn: plain text, or the images (paths, PIL images, bytes, parts) followed by the text; images over
+    `max_pixels` are resized here (see `image_part`)."""
     images = list(images or ())
     if not images:
         return {"role": "user", "content": text}
-    parts = [image_part(i, allow_urls=allow_urls) for i in images]
+    parts = [image_part(i, allow_urls=allow_urls, max_pixels=max_pixels) for i in images]
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 

@@ -44,6 +44,8 @@ class Launch:
     info: Any = None  # the engine's own view of the model (vLLM: serve.args.ModelInfo; llama.cpp: GgufModel)
     notes: list[str] = field(default_factory=list)  # lines serve prints before starting (e.g. the CPU int4 kernel)
     reason: str = ""  # why this engine (serve/engine.py)
+    client_max_pixels: int | None = None  # an image budget clients must apply themselves (the engine has none of its
+    #                                       own: llama.cpp), from the model's processor config
 
     @property
     def host(self) -> str:

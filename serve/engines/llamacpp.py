@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import catalog
-from core.artifact import gguf_file, inspect, mmproj_file, read_report
+from core.artifact import gguf_file, inspect, max_image_pixels, mmproj_file, read_report
 from core.errors import UserError
 from core.llamacpp_build import check_runs
 from serve import process
@@ -125,7 +125,12 @@ def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
     shown = shown_command(argv, {k: (MASK if k == KEY_ENV else v) for k, v in env.items()})
     info = GgufModel(gm.name, gm.file, name, gm.max_model_len, gm.mmproj)
     notes = [f"llama.cpp: n_ctx {n_ctx}, {threads} threads" + (f", projector {gm.mmproj.name}" if gm.mmproj else "")]
-    return Launch(NAME, model, name, hw, opts, argv, env, shown, info, notes)
+    budget = max_image_pixels(gm.file.parent) if gm.mmproj else None
+    if budget:
+        notes.append(f"images: llama.cpp's server has no image budget; the model's processor allows {budget} pixels "
+                     f"({budget // 1024} tokens): resize larger pictures client-side (serve.chat --max-image-pixels "
+                     f"{budget}; the demo does it)")
+    return Launch(NAME, model, name, hw, opts, argv, env, shown, info, notes, client_max_pixels=budget)
 
 
 def preflight(lp: Launch) -> None:

@@ -441,6 +441,8 @@ def test_vl_gguf_on_llamacpp_beside_its_16bit_base(server, browser, shots, tmp_p
         with shot_on_failure(page, shots / "failure-llamacpp.png"):
             heads = [page.locator(f"#chat-{i}").inner_text() for i in (0, 1)]
             assert "tiny-vl-gguf" in heads[0] and "tiny-vl" in heads[1]
+            # llama.cpp has no image budget of its own: the page resizes uploads to the processor's (tiny: 256 x 256)
+            assert "larger than 65,536 pixels resized before sending" in page.content()
             send(page, "Which fruit sold the most?", [EXAMPLES / "bar_chart.png"])
             left, right = wait_answers(page, [0, 1], 1)
             assert_answer(left, "tiny-vl-gguf")

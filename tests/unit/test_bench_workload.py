@@ -59,7 +59,7 @@ def test_fit_pixels_gives_every_engine_the_processors_image():
     llama-cpp-python 0.3.36's server, encodes that grid too (64 tokens, not 196 for a 448 x 448 picture)."""
     from transformers import Qwen2VLImageProcessor
 
-    from bench.workload import fit_pixels
+    from serve.client import fit_pixels
 
     proc = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
                                  size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256})

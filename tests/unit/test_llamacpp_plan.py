@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
+from serve.args import ServeOptions
 from serve.engines.llamacpp import llamacpp_command, resolve_gguf
 
 
@@ -50,3 +51,24 @@ def test_a_vl_folder_serves_with_its_projector_and_refuses_without(tmp_path):
 def test_a_text_folder_has_no_projector(tmp_path):
     gm = resolve_gguf(str(_folder(tmp_path, vl=False, mmproj=False)))
     assert gm.mmproj is None and gm.served_name == "tiny-text-gguf"
+
+
+def test_a_vl_plan_hands_clients_the_processors_image_budget(tmp_path):
+    """llama.cpp's server has no image budget: the plan carries the processor's, which the demo applies and serve
+    prints (a 448 x 448 picture would otherwise become 196 image tokens where vLLM makes 64)."""
+    from core.hardware import Hardware
+    from serve.engines import llamacpp
+
+    hw = Hardware("EPYC", 2, ("avx2",), 23.5, 20.0, ())
+    d = _folder(tmp_path, vl=True, mmproj=True)
+    (d / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 1024,
+                                                                     "longest_edge": 65536}}))
+    lp = llamacpp.plan(str(d), ServeOptions(), hw)
+    assert lp.client_max_pixels == 65536
+    assert any(n.startswith("images: llama.cpp's server has no image budget") and "--max-image-pixels 65536" in n
+               for n in lp.notes)
+    (d / "preprocessor_config.json").unlink()
+    assert llamacpp.plan(str(d), ServeOptions(), hw).client_max_pixels is None  # no processor config: nothing said
+    (tmp_path / "t").mkdir()
+    t = _folder(tmp_path / "t", vl=False, mmproj=False)
+    assert llamacpp.plan(str(t), ServeOptions(), hw).client_max_pixels is None
