@@ -248,10 +248,10 @@ def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) ->
     return {
         "max_pixels": max_pixels, "tokens_per_image": tokens, "images_per_prompt": images,
         "vllm": ["--mm-processor-kwargs", kwargs, "--limit-mm-per-prompt", limit],
-        "llamacpp": (f"image tokens capped at {min(tokens, hi)} (clip.cpp's Qwen-VL default {lo}..{hi} tokens; "
-                     f"mtmd_context_params.image_max_tokens={tokens} would set it, but llama-cpp-python 0.3.36's "
-                     "server has no setting for it: resize pictures to <= "
-                     f"{max_pixels} pixels client-side)"),
+        "llamacpp": (f"no image budget of its own: a picture is encoded as sent ({lo}..{hi} tokens, clip.cpp's Qwen-VL "
+                     "range; mtmd_context_params.image_max_tokens would set one, but llama-cpp-python 0.3.36's server "
+                     f"has no setting for it): this project's clients resize pictures to <= {max_pixels} pixels "
+                     f"({min(tokens, hi)} tokens): serve.chat --max-image-pixels {max_pixels}, the demo, bench"),
     }
 
 
@@ -367,7 +367,7 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         info = ModelInfo(location=s.location, served_name=s.name, kv_bytes_per_token=kv.bytes)
         default = serve_default_kv_gib(info, hw, ctx)  # what serve sets without --kv-cache-gib (room for 4 sequences)
         kv_gib = kv_cache_gib or max(1, min(math.ceil(kv.bytes * ctx * concurrency / GIB), kv_room // GIB or 1))
-        if kv_gib != default and not kv_cache_gib:
+        if kv_gib != default and not kv_cache_gib and status != "no":
             flag = f" --kv-cache-gib {kv_gib}"
             notes.append(f"serve's default KV space for this context would be {default} GiB (at most a quarter of "
                          f"free RAM): --kv-cache-gib {kv_gib} holds {ctx} tokens x {concurrency} sequences")

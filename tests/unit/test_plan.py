@@ -114,8 +114,9 @@ def test_vision_budget_and_image_knob():
     k = P.image_knob(1024 * 1024, 2)
     assert k["vllm"] == ["--mm-processor-kwargs", '{"max_pixels":1048576}', "--limit-mm-per-prompt",
                          '{"image":2,"video":0}']
-    assert k["tokens_per_image"] == 1024 and "capped at 1024" in k["llamacpp"] and "no setting" in k["llamacpp"]
-    assert "capped at 4096" in P.image_knob(16_777_216, 1)["llamacpp"]  # clip.cpp's Qwen-VL ceiling
+    assert k["tokens_per_image"] == 1024 and "no setting" in k["llamacpp"]
+    assert "resize pictures to <= 1048576 pixels (1024 tokens): serve.chat --max-image-pixels 1048576" in k["llamacpp"]
+    assert "(4096 tokens)" in P.image_knob(16_777_216, 1)["llamacpp"]  # clip.cpp's Qwen-VL ceiling
     assert P.image_knob(65536, 3)["vllm"][3] == '{"image":3,"video":0}'
 
 
@@ -135,7 +136,7 @@ def test_bf16_8b_on_23_gib_does_not_fit_or_only_short_w4_fits():
     assert w4.status == "fits" and w4.max_context >= 8192 and w4.predicted.bytes < w4.budget.bytes
     text = "\n".join(P.lines(w4, CPU_23))
     for needle in ("estimate from test config", "W4A16 g128", "config: 36 layers", "measured: vLLM CPU",
-                   "/proc/meminfo MemAvailable", "vLLM: --mm-processor-kwargs", "llama.cpp: image tokens"):
+                   "/proc/meminfo MemAvailable", "vLLM: --mm-processor-kwargs", "llama.cpp: no image budget"):
         assert needle in text, needle
 
 
