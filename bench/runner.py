@@ -22,7 +22,7 @@ from core import artifact, catalog
 from core.artifact import gguf_file, is_gguf
 from core.errors import UserError
 from core.hardware import detect, versions
-from serve.client import fit_pixels
+from serve.client import PIXELS_PER_TOKEN, fit_pixels
 
 ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
             "VLLM_CPU_INT4_W4A8", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE")
@@ -241,7 +241,7 @@ class Runner:
             return f"{w}x{h} as given (no local processor config says an image budget)"
         self.image = fit_pixels(self.image, min(budgets))
         nw, nh = self.image.size
-        tokens = nw * nh // (32 * 32)
+        tokens = nw * nh // PIXELS_PER_TOKEN
         return (f"{nw}x{nh} ({tokens} image tokens on every engine; {w}x{h} resized to the processor's max_pixels "
                 f"{min(budgets)})" if (nw, nh) != (w, h) else f"{w}x{h} ({tokens} image tokens on every engine)")
 

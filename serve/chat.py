@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.doctor:
         from core.doctor import report
         return report()
-    from serve.client import stream_chat, user_message
+    from serve.client import PIXELS_PER_TOKEN, stream_chat, user_message
 
     prompt = args.prompt
     if prompt in (None, "-"):
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     base_url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     api_key = args.api_key or os.environ.get(API_KEY_ENV)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    if args.max_image_pixels is not None and args.max_image_pixels < 32 * 32:
-        raise UserError(f"--max-image-pixels {args.max_image_pixels} is below one image token (1024 pixels)",
+    if args.max_image_pixels is not None and args.max_image_pixels < PIXELS_PER_TOKEN:
+        raise UserError(f"--max-image-pixels {args.max_image_pixels} is below one image token ({PIXELS_PER_TOKEN} "
+                        "pixels)",
                         "pass e.g. --max-image-pixels 1048576 (1 MP, 1024 image tokens)")
     messages.append(user_message(prompt, args.image, allow_urls=True, max_pixels=args.max_image_pixels))
     stats = None

@@ -29,7 +29,11 @@ KEEP_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", 
 
 # ---------------------------------------------------------------- messages
 
-def fit_pixels(image, max_pixels: int, patch: int = 16, merge: int = 2):
+PATCH, MERGE = 16, 2  # Qwen3-VL's image processor: 16-px patches, 2 x 2 of them merged into one image token
+PIXELS_PER_TOKEN = (PATCH * MERGE) ** 2
+
+
+def fit_pixels(image, max_pixels: int, patch: int = PATCH, merge: int = MERGE):
     """`image` resized as Qwen-VL's image processor resizes it (transformers' `smart_resize`: sides multiples of
     patch x merge, at most `max_pixels`, aspect kept), or itself where it already is that size. vLLM applies the
     model's processor itself; llama.cpp 0.3.36's server has no image budget (its mtmd makes 196 tokens of a

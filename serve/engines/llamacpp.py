@@ -24,6 +24,7 @@ from core.errors import UserError
 from core.llamacpp_build import check_runs
 from serve import process
 from serve.args import MASK, ServeOptions, is_loopback, shown_command
+from serve.client import PIXELS_PER_TOKEN
 from serve.engines import Launch
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
     budget = max_image_pixels(gm.file.parent) if gm.mmproj else None
     if budget:
         notes.append(f"images: llama.cpp's server has no image budget; the model's processor allows {budget} pixels "
-                     f"({budget // 1024} tokens): resize larger pictures client-side (serve.chat --max-image-pixels "
+                     f"({budget // PIXELS_PER_TOKEN} tokens): resize larger pictures client-side (serve.chat --max-image-pixels "
                      f"{budget}; the demo does it)")
     return Launch(NAME, model, name, hw, opts, argv, env, shown, info, notes, client_max_pixels=budget)
 
