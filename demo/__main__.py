@@ -197,8 +197,7 @@ def served_target(model: str, api_key: str | None, stack: ExitStack, share_gpu: 
     srv = stack.enter_context(serve.launch(lp, progress=True))
     print(f"demo: {srv.model} is up at {srv.base_url} (log: {srv.log_path})", file=sys.stderr, flush=True)
     note, images = describe(srv.model)
-    return Target(srv.model, srv.base_url, srv.model, srv.api_key, note=note, accepts_images=images,
-                  max_image_pixels=lp.client_max_pixels), srv
+    return Target(srv.model, srv.base_url, srv.model, srv.api_key, note=note, accepts_images=images), srv
 
 
 def _stop_on_signal(signum, _frame):

@@ -10,7 +10,6 @@ with a speed line "<variant> · first token N ms · N tokens/s · N tokens in N 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import threading
@@ -46,7 +45,6 @@ class Target:
     api_key: str | None = None
     note: str = ""  # e.g. "W4A16 (gptq)" or "16-bit"
     accepts_images: bool = True
-    max_image_pixels: int | None = None  # resize larger uploads here (a server without its own budget: llama.cpp)
 
 
 @dataclass
@@ -55,7 +53,6 @@ class Settings:
     temperature: float = 0.0
     max_image_bytes: int = 10 * 2**20
     max_images: int = ServeOptions.images_per_prompt  # per request: what serve lets vLLM accept
-    max_image_pixels: int | None = None  # uploads over it are resized before sending (the smallest target budget)
     history_turns: int = 6  # earlier turns sent with each question
     timeout_s: float = 120.0  # per request: a stuck server ends in an error, not a spinner
     title: str = "Qwen W4A16 image chat"
@@ -91,7 +88,7 @@ def load_images(files: list[str], settings: Settings) -> tuple[list[dict], list[
             if size > settings.max_image_bytes:
                 raise UserError(f"{name} is {size / 2**20:.1f} MiB, more than the "
                                 f"{settings.max_image_bytes / 2**20:g} MiB limit", "send a smaller image")
-            part = image_part(f, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+            part = image_part(f, max_bytes=settings.max_image_bytes)
         except UserError as e:
             errors.append(f"error: {e.what.replace(str(f), name)}" + (f" — {e.todo}" if e.todo else ""))
             continue
@@ -198,9 +195,6 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> gr.Blo
     settings = settings or Settings()
     if not 1 <= len(targets) <= 2:
         raise ValueError("the demo shows one model, or two side by side")
-    budgets = [b for b in (settings.max_image_pixels, *(t.max_image_pixels for t in targets)) if b]
-    if budgets:  # one picture goes to both sides: the smallest budget (vLLM's processor would resize it the same)
-        settings = dataclasses.replace(settings, max_image_pixels=min(budgets))
     compare = len(targets) == 2
     examples = example_paths()
 
@@ -234,9 +228,7 @@ def build_app(targets: list[Target], settings: Settings | None = None) -> gr.Blo
         histories = gr.State([[] for _ in targets])  # per model: OpenAI messages of the finished turns
         limits = (f"Images: PNG, JPEG, WebP or GIF up to {settings.max_image_bytes / 2**20:g} MiB; "
                   f"up to {settings.max_images} images per request (older ones are not resent); "
-                  + (f"larger than {settings.max_image_pixels:,} pixels resized before sending; "
-                     if settings.max_image_pixels else "")
-                  + f"answers up to {settings.max_tokens} tokens.")
+                  f"answers up to {settings.max_tokens} tokens.")
         gr.Markdown(f"<small>{limits}</small>")
 
         def respond(msg: dict | None, hist: list[list[dict]], *chat_values) -> Iterator[tuple]:

@@ -233,7 +233,7 @@ def render_gguf(report: dict) -> str:
         f"# {alias}",
         "",
         (f"`{base['id']}` {how}, for [llama.cpp](https://github.com/ggml-org/llama.cpp) "
-         f"(llama-cpp-python {lib.get('llama-cpp-python', '')})."),
+         f"(verified with xllamacpp {lib.get('xllamacpp', '')}, llama.cpp's own server)."),
         "",
         (f"File: `{report['file']}` — architecture `{g['architecture']}`, file type {g['file_type']}, "
          f"tensor types {types}; tokenizer pre-splitter `{g['tokenizer_pre']}`."),
@@ -275,8 +275,8 @@ def render_gguf(report: dict) -> str:
         "",
         "```bash",
         f"python -m serve --model {alias} --engine llamacpp      # OpenAI API via llama.cpp's server",
-        f"python -m llama_cpp.server --model {report['file']} --n_ctx {report.get('max_model_len', 2048)}"
-        + (f" --chat_format mtmd --clip_model_path {mm['file']}" if mm else ""),
+        f"llama-server -m {report['file']} -c {report.get('max_model_len', 2048)}"
+        + (f" --mmproj {mm['file']}" if mm else "") + "      # llama.cpp's own server binary, where installed",
         "```",
         "",
         f"Made with: `{report['command']}`",

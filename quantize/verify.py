@@ -23,6 +23,7 @@ from pathlib import Path
 from core import artifact
 from core.formats import FORMATS, for_quant_method
 from quantize.recipes import BITS, GROUP_SIZE
+from serve.client import PIXELS_PER_TOKEN
 
 NEW_TOKENS = 16
 CROSS_FORMAT_KL_MAX = 0.05  # nats: formats of one tuning must agree (bf16 kernel noise is far below this)
@@ -272,85 +273,109 @@ def rtn_inplace(model, linear_names: list[str]) -> None:
             lin.weight.data.copy_(q.reshape(out_f, in_f).to(lin.weight.dtype))
 
 
-def gguf_logits(path: Path, seqs) -> tuple[list, str]:
-    """Teacher-forced logits of a .gguf file run by llama.cpp over the same token ids (its vocabulary is the
-    base's), at the continuation positions. Returns (logits per prompt, loader description)."""
+GGUF_TOP_K = 4096  # logprobs asked of llama.cpp per position: the whole vocabulary of a tiny model; a real one's
+#                    tail beyond them shares the remaining probability evenly
+
+
+def _threads() -> int:
     import os
 
-    import numpy as np
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def llamacpp_server(path: Path, n_ctx: int, mmproj: Path | None = None, image_max_tokens: int | None = None):
+    """llama.cpp's server (xllamacpp) in this process on a free loopback port, one slot, flags as serve maps them."""
+    import xllamacpp
+
+    from serve.engines.llamacpp_server import params, parse
+
+    argv = ["--model", str(path), "--alias", "verify", "--port", "0", "--ctx-per-slot", str(n_ctx),
+            "--threads", str(_threads())]
+    if mmproj is not None:
+        argv += ["--mmproj", str(mmproj), "--image-max-tokens", str(image_max_tokens or -1)]
+    p = params(parse(argv))
+    p.warmup, p.endpoint_metrics, p.verbosity = False, False, 0
+    return xllamacpp.Server(p), f"llama.cpp (xllamacpp {xllamacpp.__version__})"
+
+
+def gguf_logits(path: Path, seqs, vocab: int) -> tuple[list, str]:
+    """Teacher-forced next-token log-probabilities of a .gguf file run by llama.cpp over the same token ids (its
+    vocabulary is the base's), at the continuation positions: one 1-token completion per position, its prompt the
+    ids so far (llama.cpp's prompt cache keeps the prefix), with the top GGUF_TOP_K logprobs. Returns (log-probs per
+    prompt over `vocab` entries, loader description)."""
     import torch
-    from llama_cpp import Llama, __version__
 
     longest = max(int(full.shape[1]) for full, _ in seqs)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    llm = Llama(model_path=str(path), n_ctx=longest + 8, n_batch=max(64, longest + 8), logits_all=True,
-                n_threads=threads, seed=0, verbose=False)
+    server, loader = llamacpp_server(path, longest + 8)
+    k = min(vocab, GGUF_TOP_K)
     out = []
     try:
         for full, plen in seqs:
             ids = [int(t) for t in full[0].tolist()]
-            llm.reset()
-            llm.eval(ids)
-            scores = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
-            out.append(torch.from_numpy(scores[plen - 1: len(ids) - 1].copy()))
+            rows = []
+            for j in range(plen - 1, len(ids) - 1):
+                r = server.handle_completions({"prompt": ids[: j + 1], "max_tokens": 1, "logprobs": k,
+                                               "temperature": 0.0, "cache_prompt": True})
+                if "choices" not in r:
+                    raise RuntimeError(f"llama.cpp: {str(r.get('error', r))[:200]}")
+                top = r["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+                row = torch.empty(vocab)
+                rest = max(1e-12, 1.0 - sum(math.exp(t["logprob"]) for t in top))
+                row.fill_(math.log(rest / max(1, vocab - len(top))))
+                for t in top:
+                    if t["id"] < vocab:
+                        row[t["id"]] = t["logprob"]
+                rows.append(row)
+            out.append(torch.stack(rows))
     finally:
-        llm.close()
-    return out, f"llama.cpp (llama-cpp-python {__version__})"
+        del server
+    return out, loader + (f", top-{k} logprobs" if k < vocab else "")
+
+
+def _chat(server, content: list, max_tokens: int) -> dict:
+    r = server.handle_chat_completions({"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+                                        "temperature": 0.0})
+    if "choices" not in r:
+        raise RuntimeError(f"llama.cpp: {str(r.get('error', r))[:200]}")
+    return r
 
 
 def gguf_vision(path: Path, mmproj: Path, base_dir: Path, debug: bool = False) -> dict:
     """A VL GGUF's projector run by llama.cpp's mtmd on the test picture: how many image tokens it makes (must equal
-    what transformers' processor makes: same patch size and merge) and that an answer comes back with it."""
+    what transformers' processor makes: same patch size and merge) and that an answer comes back with it. llama.cpp
+    counts prompt tokens with and without the picture; what the picture adds beyond its image tokens (the vision
+    markers of the chat template) comes from transformers' count of the same two prompts."""
     import base64
-    import ctypes
     import io
-    import os
 
-    import llama_cpp.mtmd_cpp as mtmd
-    from llama_cpp import Llama
-    from llama_cpp._utils import suppress_stdout_stderr
-    from llama_cpp.llama_chat_format import MTMDChatHandler
     from transformers import AutoProcessor
 
     img, prompt = test_image(), VL_PROMPTS[0]
     proc = AutoProcessor.from_pretrained(base_dir)
-    enc = proc.apply_chat_template([{"role": "user", "content": [{"type": "image", "image": img},
-                                                                 {"type": "text", "text": prompt}]}],
-                                   add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+
+    def hf(content):
+        return proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+
+    with_img = hf([{"type": "image", "image": img}, {"type": "text", "text": prompt}])
     image_token = artifact.read_config(base_dir).get("image_token_id")
-    hf_tokens = int((enc["input_ids"] == image_token).sum())
+    hf_tokens = int((with_img == image_token).sum())
+    markers = int(with_img.shape[1]) - int(hf([{"type": "text", "text": prompt}]).shape[1]) - hf_tokens
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    png = buf.getvalue()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False)
-    llm = Llama(model_path=str(path), chat_handler=handler, n_ctx=1024, n_threads=threads, seed=0, verbose=False)
-    with suppress_stdout_stderr(disable=debug):  # mtmd logs every image step to stderr
-        try:
-            out = llm.create_chat_completion(
-                messages=[{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-                    {"type": "text", "text": prompt}]}], max_tokens=NEW_TOKENS, temperature=0.0)
-            bitmap = handler._create_bitmap_from_bytes(png)  # the context exists now; count the image's tokens
-            text = mtmd.mtmd_input_text()
-            raw = mtmd.mtmd_default_marker()
-            text.text, text.text_len, text.add_special, text.parse_special = raw, len(raw), False, True
-            chunks = mtmd.mtmd_input_chunks_init()
-            try:
-                arr = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-                if mtmd.mtmd_tokenize(handler.mtmd_ctx, chunks, ctypes.byref(text), arr, 1) != 0:
-                    raise RuntimeError("llama.cpp's mtmd could not tokenize the test picture")
-                n_img = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in
-                            (mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks)))
-                            if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
-            finally:
-                mtmd.mtmd_input_chunks_free(chunks)
-                mtmd.mtmd_bitmap_free(bitmap)
-        finally:
-            llm.close()
-    return {"mmproj": Path(mmproj).name, "image_tokens": int(n_img), "image_tokens_transformers": hf_tokens,
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    budget = artifact.max_image_pixels(base_dir)
+    server, _ = llamacpp_server(path, 1024, mmproj, budget // PIXELS_PER_TOKEN if budget else None)
+    try:
+        out = _chat(server, [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}],
+                    NEW_TOKENS)
+        bare = _chat(server, [{"type": "text", "text": prompt}], 1)
+    finally:
+        del server
+    n_img = int(out["usage"]["prompt_tokens"]) - int(bare["usage"]["prompt_tokens"]) - markers
+    return {"mmproj": Path(mmproj).name, "image_tokens": n_img, "image_tokens_transformers": hf_tokens,
             "answer_tokens": int(out["usage"]["completion_tokens"]),
-            "answer": out["choices"][0]["message"]["content"][:200]}
+            "answer": (out["choices"][0]["message"]["content"] or "")[:200]}
 
 
 # ---------------------------------------------------------------- metrics
@@ -446,7 +471,7 @@ def run(base_dir: Path, exports: dict[str, Path], modality: str, linear_names: l
         try:
             if gguf:
                 keep = [i for i, it in enumerate(items) if "pixel_values" not in it]
-                lg, loader = gguf_logits(path, [seqs[i] for i in keep])
+                lg, loader = gguf_logits(path, [seqs[i] for i in keep], int(ref[0].shape[-1]))
                 ref_f = [ref[i] for i in keep]
                 if mmproj is not None:
                     rep.vision = gguf_vision(path, mmproj, base_dir, debug=debug)

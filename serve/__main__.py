@@ -23,6 +23,8 @@ EPILOG = f"""examples:
   python -m serve --model tiny-vl                       # a local tiny VL model on 127.0.0.1:8000
   python -m serve --model vl-gptq --device cuda --dry-run   # the GPU command for the published GPTQ model
   python -m serve --model vl-awq --host 0.0.0.0 --api-key $KEY --tensor-parallel-size 2
+  python -m serve --model vl-gptq --dry-run --gpu 4xl40s --data-parallel-size auto   # 4 replicas, one endpoint
+  python -m serve --plan vl-fp16 --gpu 2xrtx4090        # fits? TP / DP / PP, why, vLLM's argv, predicted tok/s
   python -m serve --model ./artifacts/tiny-vl-gptq -- --max-num-seqs 8   # extra vLLM arguments after --
   python -m serve --model tiny-text-gguf               # a GGUF artifact: llama.cpp's OpenAI server
 
@@ -37,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
                    help="auto (default): llama.cpp for GGUF, and for a local GGUF variant on CPUs without AMX; "
                         "else vLLM")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the usable cores)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="llama.cpp slots: requests decoded together, each with --max-model-len tokens (default 4)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
@@ -45,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--served-name", default=None, help="model name clients use (default: the alias)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model replica (GPU)")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline stages (GPU)")
+    p.add_argument("--data-parallel-size", "-dp", type=_dp_size, default=1,
+                   help="model replicas behind one endpoint, vLLM balancing requests over them (GPU); auto: as many "
+                        "as the visible GPUs hold (GPUs // (tensor x pipeline parallel))")
     p.add_argument("--distributed-executor-backend", choices=("mp", "ray"), default=None,
                    help="ray: spread over the machines of a running Ray cluster (multi-node)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90, help="GPU memory share for vLLM")
@@ -56,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="skip torch.compile / CUDA graphs (default: on for CPU, off for GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: what is here; cuda with --dry-run plans a GPU command on a machine without one")
+    p.add_argument("--gpu", default=None, metavar="[Nx]CLASS",
+                   help="with --dry-run: the GPUs to plan the command for (l40s, 4xl40s, \"2x RTX 4090\", or "
+                        "\"NAME, MiB, X.Y\" as nvidia-smi prints it; see core/gpus.py)")
     p.add_argument("--vllm-python", default=None,
                    help=f"Python that has vLLM (default: ${VLLM_PYTHON_ENV} or this one)")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the server (default 900)")
@@ -69,6 +79,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dp_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a number of replicas nor auto") from None
+
+
+def data_parallel(requested: int | str, hw, shards: int) -> int:
+    """--data-parallel-size as vLLM gets it: `auto` is every visible GPU's share (at least one replica)."""
+    return max(1, len(hw.gpus) // shards) if requested == "auto" else requested
+
+
 class _Stop(Exception):
     def __init__(self, signum: int):
         self.signum = signum
@@ -78,10 +102,16 @@ def _raise_stop(signum, _frame):
     raise _Stop(signum)
 
 
-def _hardware(device: str, gpus_needed: int, dry_run: bool):
+def _hardware(device: str, gpus_needed: int, dry_run: bool, gpu: str | None = None):
     from core.hardware import Gpu, detect
 
     hw = detect()
+    if gpu:
+        if not dry_run or device == "cpu":
+            raise UserError("--gpu plans a command for other GPUs", "add --dry-run (and leave out --device cpu)")
+        from core.gpus import parse
+
+        return dataclasses.replace(hw, gpus=tuple(parse(gpu)))
     if device == "cpu":
         return dataclasses.replace(hw, gpus=())
     if device == "cuda" and not hw.has_gpu:
@@ -123,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     from serve.engines import get
     from serve.process import ServerError
 
-    hw = _hardware(args.device, args.tensor_parallel_size * args.pipeline_parallel_size, args.dry_run)
+    shards = args.tensor_parallel_size * args.pipeline_parallel_size
+    dp = args.data_parallel_size
+    hw = _hardware(args.device, shards * (1 if dp == "auto" else dp), args.dry_run, args.gpu)
+    dp = data_parallel(dp, hw, shards)
     lp = serve.plan(args.model, args.engine, hw=hw, host=args.host, port=args.port or None, api_key=args.api_key,
                     max_model_len=args.max_model_len, served_name=args.served_name, extra_args=extra,
                     python=args.vllm_python, force=args.force, tensor_parallel_size=args.tensor_parallel_size,
-                    pipeline_parallel_size=args.pipeline_parallel_size,
+                    pipeline_parallel_size=args.pipeline_parallel_size, data_parallel_size=dp,
                     distributed_backend=args.distributed_executor_backend,
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-                    enforce_eager=args.enforce_eager, cpu_int4=args.cpu_int4, n_threads=args.threads)
+                    enforce_eager=args.enforce_eager, cpu_int4=args.cpu_int4, n_threads=args.threads,
+                    parallel=args.parallel)
     # the engine line goes to stderr after every check: a refused start prints one error line and nothing else,
     # and stdout starts with the exact command
     if not args.dry_run:

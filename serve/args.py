@@ -8,8 +8,9 @@ Rules (each in one place below):
 - the quantization method comes from the checkpoint: `--quantization` is never passed, so vLLM picks
   its fastest kernel (Marlin/Machete on GPU, its wna16 kernel on CPU);
 - a vision-language model gets `--limit-mm-per-prompt`; the served name is the alias;
-- GPU: `--gpu-memory-utilization`, `--tensor-parallel-size` (checked against the visible GPUs),
-  `--pipeline-parallel-size`, `--distributed-executor-backend ray` for several machines;
+- GPU: `--gpu-memory-utilization`, `--tensor-parallel-size` x `--data-parallel-size` (replicas behind one
+  endpoint) x `--pipeline-parallel-size` (checked against the visible GPUs), `--distributed-executor-backend ray`
+  for several machines; a `--dtype` after `--` replaces serve's own;
 - CPU: `--dtype bfloat16`, `--enforce-eager` by default (see `_eager`), env VLLM_CPU_KVCACHE_SPACE sized
   from the model and free RAM, VLLM_HOST_IP=127.0.0.1 (vLLM's internal queues stay on loopback);
 - the API key travels to vLLM in env VLLM_API_KEY (not argv, which every local user can read with `ps`);
@@ -86,6 +87,7 @@ class ServeOptions:
     served_name: str | None = None  # None: the alias
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1  # GPU: model replicas behind one API server (vLLM balances requests over them)
     distributed_backend: str | None = None  # None: vLLM's default (one machine); "ray": several machines
     gpu_memory_utilization: float = 0.90
     kv_cache_gib: int | None = None  # CPU KV cache (GiB); None: sized from the model and free RAM
@@ -96,6 +98,7 @@ class ServeOptions:
     force: bool = False  # start even where a known limitation says it will fail
     cpu_int4: str = "auto"  # CPU W4A16 kernel path: auto | w4a8 | w4a16 (see cpu_int4)
     n_threads: int | None = None  # llama.cpp threads (None: the usable cores)
+    parallel: int | None = None  # llama.cpp slots (None: 4, shortened contexts where RAM is short)
 
 
 # ---------------------------------------------------------------- reading a checkpoint
@@ -283,30 +286,35 @@ def _dtype(info: ModelInfo, hw: Hardware) -> str:
 
 
 def _check_parallel(opts: ServeOptions, hw: Hardware) -> None:
-    tp, pp = opts.tensor_parallel_size, opts.pipeline_parallel_size
-    if tp < 1 or pp < 1:
-        raise UserError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
+    tp, pp, dp = opts.tensor_parallel_size, opts.pipeline_parallel_size, opts.data_parallel_size
+    if tp < 1 or pp < 1 or dp < 1:
+        raise UserError("--tensor-parallel-size, --pipeline-parallel-size and --data-parallel-size must be at least 1")
     if opts.distributed_backend not in (None, "mp", "ray"):
         raise UserError(f"unknown --distributed-executor-backend '{opts.distributed_backend}'", "use mp or ray")
     if not hw.has_gpu:
-        if tp * pp > 1:
-            raise UserError(f"--tensor-parallel-size {tp} / --pipeline-parallel-size {pp} need GPUs, and none is "
-                            "visible here", "drop them to serve on this CPU, or run on a GPU machine")
+        if tp * pp * dp > 1:
+            raise UserError(f"--tensor-parallel-size {tp} / --pipeline-parallel-size {pp} / --data-parallel-size {dp} "
+                            "need GPUs, and none is visible here", "drop them to serve on this CPU, or run on a GPU "
+                            "machine")
         return
     if opts.distributed_backend == "ray":
         return  # the Ray cluster, not this machine, holds the GPUs (multi-node)
-    if tp * pp > len(hw.gpus):
+    if tp * pp * dp > len(hw.gpus):
         raise UserError(
-            f"--tensor-parallel-size {tp} x --pipeline-parallel-size {pp} needs {tp * pp} GPUs, "
-            f"{len(hw.gpus)} visible (CUDA_VISIBLE_DEVICES)",
+            f"--tensor-parallel-size {tp} x --pipeline-parallel-size {pp} x --data-parallel-size {dp} needs "
+            f"{tp * pp * dp} GPUs, {len(hw.gpus)} visible (CUDA_VISIBLE_DEVICES)",
             "lower it, or for several machines start a Ray cluster and add --distributed-executor-backend ray")
+
+
+def _given(extra: tuple[str, ...], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in extra)
 
 
 def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[list[str], dict[str, str]]:
     """(argv, env additions) that start vLLM's OpenAI server for `info` on `hw`. Pure: raises UserError
     for combinations that cannot work, starts nothing."""
     api_key = opts.api_key
-    key_in_extras = any(a == "--api-key" or a.startswith("--api-key=") for a in opts.extra_args)
+    key_in_extras = _given(opts.extra_args, "--api-key")
     if not is_loopback(opts.host) and not (api_key or key_in_extras):
         raise UserError(f"--host {opts.host} exposes the server beyond this machine, and no API key is set",
                         f"pass --api-key KEY or set {API_KEY_ENV} (clients send it as their bearer token)")
@@ -319,7 +327,7 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
             "--model", info.location,
             "--served-model-name", opts.served_name or info.served_name,
             "--host", opts.host, "--port", str(opts.port),
-            "--dtype", _dtype(info, hw),
+            *(() if _given(opts.extra_args, "--dtype") else ("--dtype", _dtype(info, hw))),
             "--load-format", "safetensors"]  # never unpickle .bin/.pt weights
     if max_len:
         argv += ["--max-model-len", str(max_len)]
@@ -334,6 +342,8 @@ def vllm_command(info: ModelInfo, hw: Hardware, opts: ServeOptions) -> tuple[lis
                  "--tensor-parallel-size", str(opts.tensor_parallel_size)]
         if opts.pipeline_parallel_size > 1:
             argv += ["--pipeline-parallel-size", str(opts.pipeline_parallel_size)]
+        if opts.data_parallel_size > 1:
+            argv += ["--data-parallel-size", str(opts.data_parallel_size)]
         if opts.distributed_backend:
             argv += ["--distributed-executor-backend", opts.distributed_backend]
     else:

@@ -7,7 +7,7 @@ Rules (each with a one-line reason that serve prints and doctor shows):
   has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit request
   `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine); for Qwen3-VL only a
   variant with its vision projector (`mmproj-*.gguf`), which llama.cpp's mtmd runs;
-- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, llama-cpp-python not installed). On AMX CPUs that is
+- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, xllamacpp not installed). On AMX CPUs that is
   measured, not assumed (reports/cpu-2026-12-03-amx, bench-text, 1 thread): vLLM W4A8 on AMX tiles 25.8 tok/s at
   batch 1 and 72.0 at 4 users vs llama.cpp Q4_K_M 23.3 / 19.2; 16-bit vLLM 10.6 / 37.1 vs llama.cpp BF16 10.5 / 9.1;
 - an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp without a GGUF variant, vllm for
@@ -61,7 +61,7 @@ def gguf_variant_path(family_base_alias: str, bf16: bool, root: Path | None = No
 
 
 def llamacpp_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    return importlib.util.find_spec("xllamacpp") is not None
 
 
 def _cpu_why(hw: Hardware) -> str:
@@ -74,7 +74,7 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
                   find_variant: Callable[[str, bool], Path | None] = gguf_variant_path,
                   llamacpp_ok: bool | None = None) -> Choice:
     """The engine for `resolved` on `hw`. `find_variant(base_alias, bf16)` looks up the family's local GGUF
-    variant (default: the artifact root); `llamacpp_ok` whether llama-cpp-python is installed (default: looked up).
+    variant (default: the artifact root); `llamacpp_ok` whether xllamacpp is installed (default: looked up).
     Raises UserError when the requested engine cannot serve the model."""
     req = _engine_name(requested)
     ok = llamacpp_installed() if llamacpp_ok is None else llamacpp_ok
@@ -87,7 +87,7 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
             raise UserError(f"'{name}' is a GGUF artifact, which vLLM does not serve here",
                             "use --engine llamacpp (or auto), or serve a safetensors variant with vLLM")
         if not ok:
-            raise UserError("llama-cpp-python is not installed (needed to serve GGUF)",
+            raise UserError("llama.cpp's server (xllamacpp) is not installed (needed to serve GGUF)",
                             "`pip install -c constraints.txt -e .[llamacpp]`")
         return Choice("llamacpp", f"'{name}' is a GGUF artifact: llama.cpp serves it")
 
@@ -104,7 +104,8 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
             raise UserError(f"'{name}' has no local GGUF variant{f' ({want})' if want else ''} for llama.cpp",
                             f"{make}, or use --engine vllm")
         if not ok:
-            raise UserError("llama-cpp-python is not installed", "`pip install -c constraints.txt -e .[llamacpp]`")
+            raise UserError("llama.cpp's server (xllamacpp) is not installed",
+                            "`pip install -c constraints.txt -e .[llamacpp]`")
         return Choice("llamacpp", f"--engine llamacpp: serving the GGUF variant {gguf.name}", str(gguf))
     if req == "vllm":
         return Choice("vllm", "--engine vllm")
@@ -120,8 +121,8 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
         return Choice("llamacpp", f"{why}; llama.cpp serves the GGUF variant {gguf.name} instead "
                                   f"({'16-bit' if bf16 else '4-bit'}, like '{name}')", str(gguf))
     if gguf is not None:
-        return Choice("vllm", f"{why}, and a GGUF variant exists ({gguf.name}) but llama-cpp-python is not "
-                              "installed: vLLM")
+        return Choice("vllm", f"{why}, and a GGUF variant exists ({gguf.name}) but llama.cpp's server "
+                              "(xllamacpp) is not installed: vLLM")
     hint = (f"; `python -m quantize --model {v.family.base_alias} --formats gguf"
             f"{' --gguf-type bf16' if bf16 else ''}` makes {want} for llama.cpp") if v else ""
     return Choice("vllm", f"{why}; no local GGUF variant{f' ({want})' if want else ''}: vLLM{hint}")

@@ -1,6 +1,8 @@
 """`python -m serve --plan MODEL`: will it fit here, and with how long a context — before anything is started.
 
-For an alias, model folder or cached Hub id on this machine's hardware (or a planned GPU, `--gpu "NAME, MiB, X.Y"`):
+For an alias, model folder or cached Hub id on this machine's hardware (or planned GPUs: `--gpu l40s`, `--gpu 4xl40s`,
+`--gpu "NAME, MiB, X.Y"`, core/gpus.py; `--nodes K` machines of them; GPU plans choose tensor / data / pipeline
+parallel in serve/parallel.py, print the exact vLLM argv and the predicted decode speed, bench/predict.py):
 weight bytes, KV-cache bytes per token, the vision encoder's activation budget for one image at the image-budget
 knob `--max-image-pixels`, the engine's own overhead, and the longest context per sequence that fits in the
 available RAM (CPU) or in `--gpu-memory-utilization` x VRAM (GPU) for `--concurrency` sequences; the knob mapped to
@@ -26,7 +28,8 @@ from core import artifact, catalog, shapes
 from core.errors import UserError
 from core.formats import FORMATS, Format, format_of_quant_method
 from core.formats.base import GROUP_SIZE
-from core.hardware import Gpu, Hardware, parse_nvidia_smi
+from core.hardware import Gpu, Hardware, parse_nvidia_smi  # noqa: F401 - re-exported (fit.parse_nvidia_smi)
+from serve.parallel import Layout, per_gpu
 
 GB = 1e9
 GIB = 2**30
@@ -41,7 +44,7 @@ VLLM_GPU_BASE = 1.0e9  # estimate: CUDA context, cuBLAS/NCCL workspaces and CUDA
 # W4 weights another 0.32-0.46x the packed decoder-linear bytes (the CPU int4 kernels' repacked copy of them)
 VLLM_CPU_PER_VOCAB = 8100
 VLLM_CPU_W4_REPACK_X = 0.4
-LLAMACPP_BASE = 0.2e9  # measured: llama.cpp server (llama-cpp-python) 0.09-0.18 GB RSS with tiny-vl-gguf
+LLAMACPP_BASE = 0.2e9  # measured: llama.cpp server 0.09-0.18 GB RSS with tiny-vl-gguf (llama-cpp-python's)
 LLAMACPP_UBATCH = 512  # llama.cpp's n_ubatch: its compute buffer holds logits for this many tokens (fp32)
 GPU_UTIL = 0.90  # vLLM's --gpu-memory-utilization default (serve's too)
 CPU_STEP_TOKENS = 2048  # vLLM 0.32 max_num_batched_tokens default, OpenAI server on CPU (engine/arg_utils.py)
@@ -114,6 +117,12 @@ class Plan:
     command: str = ""
     gpu: Preflight | None = None
     notes: list[str] = field(default_factory=list)
+    # GPU plans (gpu_plan): the layout over GPUs and machines, the fullest GPU's share, what vLLM gets, speed
+    parallel: Layout | None = None
+    per_gpu: tuple[int, int] = (0, 0)  # weight bytes, KV-cache bytes per token on the fullest GPU
+    gpu_device: Gpu | None = None
+    vllm_argv: list[str] = field(default_factory=list)
+    speeds: list[str] = field(default_factory=list)  # predicted decode of the family on this class and layout
 
 
 # ---------------------------------------------------------------- GPU pre-flight (pure)
@@ -248,10 +257,8 @@ def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) ->
     return {
         "max_pixels": max_pixels, "tokens_per_image": tokens, "images_per_prompt": images,
         "vllm": ["--mm-processor-kwargs", kwargs, "--limit-mm-per-prompt", limit],
-        "llamacpp": (f"no image budget of its own: a picture is encoded as sent ({lo}..{hi} tokens, clip.cpp's Qwen-VL "
-                     "range; mtmd_context_params.image_max_tokens would set one, but llama-cpp-python 0.3.36's server "
-                     f"has no setting for it): this project's clients resize pictures to <= {max_pixels} pixels "
-                     f"({min(tokens, hi)} tokens): serve.chat --max-image-pixels {max_pixels}, the demo, bench"),
+        "llamacpp": (f"image_max_tokens {min(max(tokens, lo), hi)} (serve sets it from the processor's budget; "
+                     f"clip.cpp's Qwen-VL range is {lo}..{hi} tokens): the server resizes larger pictures itself"),
     }
 
 
@@ -260,10 +267,11 @@ def image_knob(max_pixels: int, images: int, patch: int = 16, merge: int = 2) ->
 def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] | None = None,
               gpus: list[Gpu] | None = None, device: str = "auto", concurrency: int = 4,
               max_model_len: int | None = None, max_pixels: int | None = None, images: int = 2,
-              gpu_util: float = GPU_UTIL, kv_cache_gib: int | None = None) -> Plan:
+              gpu_util: float = GPU_UTIL, kv_cache_gib: int | None = None, layout: Layout | None = None) -> Plan:
     """The plan for `s` on `hw`. `weights`: (bytes by group, source) from the artifact's headers; None: estimated
     from the config and format. `gpus`: the GPUs with capabilities (default: hw.gpus, capability unknown).
-    `kv_cache_gib`: vLLM CPU's KV space as a server was (or will be) started with (None: what the context needs)."""
+    `kv_cache_gib`: vLLM CPU's KV space as a server was (or will be) started with (None: what the context needs).
+    `layout`: GPU: tensor / pipeline parallel of one replica (serve/parallel.py; None: one GPU)."""
     if concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     cfg, text = s.cfg, _text(s.cfg)
@@ -300,6 +308,7 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
                          f"{requested}-token context: lower --max-image-pixels")
 
     gpu_pf = None
+    dev_w, dev_kv = w.bytes, kv.bytes  # on the fullest device
     if on_gpu:
         g = gpus[0]
         gpu_pf = gpu_preflight(g)
@@ -312,8 +321,8 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         act = prefill_bytes(cfg, max(step, img_tokens), seqs)
         acts = Item(act, f"estimate: vLLM's profile step of {max(step, img_tokens)} tokens (one layer live) + "
                     f"logits of {seqs} sequences")
-        if len(gpus) > 1:
-            notes.append(f"{len(gpus)} GPUs visible: planned for one (tensor parallel divides weights and KV)")
+        layout = layout or Layout(gpus=len(gpus))
+        dev_w, dev_kv = per_gpu(groups, cfg, layout.tp, layout.pp)
     else:
         if engine == "vllm":
             vocab = int(text.get("vocab_size") or 0)
@@ -339,9 +348,7 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
                                "4B shape, reports/cpu-2026-12-04-shapes)" if repack else ""))
             act = prefill_bytes(cfg, LLAMACPP_UBATCH, LLAMACPP_UBATCH)
             acts = Item(act, f"estimate: compute buffer for n_ubatch {LLAMACPP_UBATCH} tokens (logits fp32)")
-            if concurrency > 1:
-                notes.append("llama-cpp-python's server answers one request at a time: one sequence of KV cache")
-                concurrency = 1
+            # llama.cpp's server: one slot per concurrent sequence, each with its own KV cache of the context
         budget = Item(int(hw.mem_available_gib * GIB), f"/proc/meminfo MemAvailable ({hw.mem_available_gib:g} of "
                       f"{hw.mem_total_gib:g} GiB)")
         if device == "cuda" and engine == "llamacpp":
@@ -349,10 +356,10 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         if engine == "vllm" and is_w4a16(s.fmt) and not hw.w4a16_serving[0]:
             notes.append("serve refuses W4A16 here: " + hw.w4a16_serving[1])
 
-    free = budget.bytes - w.bytes - overhead.bytes - vision_act - acts.bytes
+    free = budget.bytes - dev_w - overhead.bytes - vision_act - acts.bytes
     cpu_vllm = engine == "vllm" and not on_gpu
     kv_room = (max(0, free) // GIB) * GIB if cpu_vllm else max(0, free)  # vLLM CPU: KV space in whole GiB
-    max_ctx = min(kv_room // (kv.bytes * concurrency), limit) if kv.bytes else 0
+    max_ctx = min(kv_room // (dev_kv * concurrency), limit) if dev_kv else 0
     status = "no" if max_ctx < MIN_CONTEXT else ("fits" if max_ctx >= requested else "short")
     ctx = min(requested, max_ctx) if max_ctx >= MIN_CONTEXT else requested  # what the command asks for
 
@@ -374,10 +381,14 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
         predicted = Item(w.bytes + overhead.bytes + kv_gib * GIB + acts.bytes + vision_act,
                          f"weights + overhead + VLLM_CPU_KVCACHE_SPACE {kv_gib} GiB + activations")
     else:
-        predicted = Item(w.bytes + overhead.bytes + kv.bytes * ctx + acts.bytes + vision_act,
-                         f"weights + overhead + KV for n_ctx {ctx} + compute buffer")
+        predicted = Item(w.bytes + overhead.bytes + kv.bytes * ctx * concurrency + acts.bytes + vision_act,
+                         f"weights + overhead + KV for {concurrency} slots x {ctx} tokens + compute buffer")
 
     cmd = f"python -m serve --model {s.name} --max-model-len {ctx}{flag}"
+    if on_gpu:
+        cmd += "".join(f" {a}" for a in layout.serve_flags())
+    if engine == "llamacpp":
+        cmd += f" --parallel {concurrency}"  # llama.cpp's slots, each with this context
     if image and max_pixels:
         cmd += " -- " + " ".join(_q(a) for a in image["vllm"][:2])
         if images != 2:
@@ -385,7 +396,8 @@ def make_plan(s: Subject, hw: Hardware, *, weights: tuple[dict[str, int], str] |
     if on_gpu and gpu_pf and gpu_pf.dtype == "float16":
         cmd += (" --" if " -- " not in cmd else "") + " --dtype float16"
     return Plan(s.name, s.fmt, engine, "cuda" if on_gpu else "cpu", w, groups, kv, overhead, acts, budget,
-                concurrency, requested, limit, int(max_ctx), status, predicted, image, kv_gib, cmd, gpu_pf, notes)
+                concurrency, requested, limit, int(max_ctx), status, predicted, image, kv_gib, cmd, gpu_pf, notes,
+                layout if on_gpu else None, (int(dev_w), int(dev_kv)), gpus[0] if on_gpu else None)
 
 
 def _q(a: str) -> str:
@@ -403,7 +415,7 @@ def _gb(b: float) -> str:
 def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
     """The plan as text: one number per line with its source. A plan that does not fit ends with its 4-bit
     `alternative` (the plan of `four_bit_alternative`) and that one's command instead of its own."""
-    where = (f"GPU {p.gpu.gpu}" if p.gpu else f"CPU {hw.cpu_model}, {hw.cores} cores") + \
+    where = (f"GPU {_gpus_of(p)}" if p.gpu else f"CPU {hw.cpu_model}, {hw.cores} cores") + \
         f", {hw.mem_total_gib:g} GiB RAM"
     out = [f"plan: {p.model} ({p.fmt}) on {p.engine} ({p.device}) — {where}"]
 
@@ -432,6 +444,8 @@ def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
     row("predicted memory", _gb(p.predicted.bytes), p.predicted.source)
     if p.gpu:
         row("gpu pre-flight", p.gpu.kernel or "none", f"{p.gpu.reason}; dtype {p.gpu.dtype}")
+    if p.parallel is not None:
+        out += _parallel_rows(p)
     if p.image:
         row("image knob", f"--max-image-pixels {p.image['max_pixels']}", "")
         out.append(f"  {'':<18} vLLM: {' '.join(_q(a) for a in p.image['vllm'])}")
@@ -439,7 +453,7 @@ def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
     for n in p.notes:
         out.append(f"  note: {n}")
     if p.status != "no":
-        out.append(f"  command: {p.command}")
+        out += _commands(p)
     elif alternative is None:
         out.append("  command: none fits here: free memory, or use a machine with more "
                    + ("VRAM" if p.device == "cuda" else "RAM"))
@@ -447,8 +461,68 @@ def lines(p: Plan, hw: Hardware, alternative: Plan | None = None) -> list[str]:
         a = alternative
         out.append(f"  instead: {a.model} ({a.fmt}) on {a.engine}: {a.status}, longest context {a.max_context} tok, "
                    f"predicted {_gb(a.predicted.bytes)}")
-        out.append(f"  command: {a.command}" if a.status != "no" else
-                   "  command: none fits here, not even 4-bit: use a machine with more memory")
+        out += (_commands(a) if a.status != "no" else
+                ["  command: none fits here, not even 4-bit: use a machine with more memory"])
+    return out
+
+
+def _gpus_of(p: Plan) -> str:
+    n = p.parallel.gpus if p.parallel else 1
+    machines = f" on each of {p.parallel.nodes} machines" if p.parallel and p.parallel.nodes > 1 else ""
+    return (f"{n} x " if n > 1 else "") + p.gpu.gpu + machines
+
+
+def _parallel_rows(p: Plan) -> list[str]:
+    """A GPU plan's layout and why, the fullest GPU's share, what is short when it does not fit, and the family's
+    predicted decode speed on this class."""
+    lay, pad = p.parallel, f"  {'':<18} "
+    flags = f"vLLM --tensor-parallel-size {lay.tp} --pipeline-parallel-size {lay.pp} --data-parallel-size {lay.dp}"
+    out = [f"  {'parallel':<18} {lay.label():<14} {flags}"]
+    out += [f"{pad}why: {w}" for w in lay.why]
+    w, kv = p.per_gpu
+    if lay.shards > 1:
+        out.append(f"  {'per GPU':<18} {_gb(w):<14} weights on the fullest GPU (TP {lay.tp} x PP {lay.pp}); KV cache "
+                   f"{kv / 1024:.0f} KiB/token")
+    if p.status == "no":
+        out.append(f"  {'short by':<18} {_gb(_need(p, MIN_CONTEXT) - p.budget.bytes):<14} per GPU, for "
+                   f"{MIN_CONTEXT} tokens x {p.concurrency} sequences")
+    for i, s in enumerate(p.speeds):
+        out.append(f"  {'decode, batch 1':<18} {'predicted':<14} {s}" if i == 0 else pad + s)
+    return out
+
+
+def _need(p: Plan, tokens: int) -> int:
+    """Bytes the fullest GPU needs for `tokens` of context per sequence x the plan's sequences."""
+    image = p.image["activations"].bytes if p.image else 0
+    return p.per_gpu[0] + p.overhead.bytes + p.activations.bytes + image + p.per_gpu[1] * tokens * p.concurrency
+
+
+def _shortfall(p: Plan) -> str:
+    """Why a GPU plan does not hold the requested context (or, when it does not fit at all, even MIN_CONTEXT)."""
+    tokens = MIN_CONTEXT if p.status == "no" else p.requested_context
+    w, n, g = p.per_gpu[0], p.parallel.shards, p.gpu_device
+    kv = p.per_gpu[1] * tokens * p.concurrency
+    share = f" ({_gb(p.weights.bytes)} / {n} GPUs)" if n > 1 else ""
+    util = p.budget.bytes / (g.memory_gib * GIB)
+    return (f"{_gb(w)} weights{share} + {_gb(_need(p, 0) - w)} engine, activations, image + {_gb(kv)} KV for {tokens} "
+            f"tok x {p.concurrency} = {_gb(_need(p, tokens))} > {g.memory_gib:g} GiB x {util:.2f} = "
+            f"{_gb(p.budget.bytes)} per GPU")
+
+
+def _commands(p: Plan) -> list[str]:
+    """`command:` (the python -m serve line) and, for a GPU plan, the exact vLLM argv serve builds from it; on
+    several machines the Ray steps around it."""
+    from serve.args import shown_command
+
+    lay = p.parallel
+    if lay is not None and lay.pp > 1:
+        from serve.parallel import ray_steps
+
+        out = [f"  {s}" for s in ray_steps(p.command, lay.nodes)]
+    else:
+        out = [f"  command: {p.command}"]
+    if p.vllm_argv:
+        out.append(f"  vllm argv: {shown_command(p.vllm_argv)}")
     return out
 
 
@@ -549,6 +623,80 @@ def four_bit_alternative(name: str, hw: Hardware) -> str | None:
     return alias if alias in catalog.VARIANTS else None
 
 
+# ---------------------------------------------------------------- GPU plans: layout, vLLM's argv, speed
+
+def gpu_plan(s: Subject, hw: Hardware, gpus: list[Gpu], *, nodes: int = 1,
+             weights: tuple[dict[str, int], str] | None = None, **kw) -> Plan:
+    """The plan of `s` (a vLLM model) on `gpus` (one machine's; `nodes` such machines): serve/parallel.py's
+    tensor / data / pipeline parallel choice, the exact vLLM argv serve builds from the printed command, and the
+    predicted batch-1 decode speed of the family on this GPU class (bench/predict.py). `kw`: make_plan's."""
+    import dataclasses
+
+    from serve import parallel
+
+    if nodes < 1:
+        raise UserError(f"--nodes {nodes} must be at least 1")
+    hw = dataclasses.replace(hw, gpus=tuple(gpus))
+
+    def at(layout: Layout, subj: Subject = s, w=weights) -> Plan:
+        return make_plan(subj, hw, weights=w, gpus=gpus, device="cuda", layout=layout, **kw)
+
+    p, _ = parallel.choose(at, s.cfg, is_w4a16(s.fmt), len(gpus), nodes, explain=_shortfall)
+    if p.status != "no":
+        try:
+            p.vllm_argv = vllm_argv(p, hw, kw.get("gpu_util", GPU_UTIL))
+        except UserError as e:  # e.g. a variant that exists once quantized: the plan stands, serve says why not yet
+            p.notes.append(f"serve cannot start it here yet: {e.what} ({e.todo})")
+    p.speeds = _speeds(s, p, lambda subj, w: at(p.parallel, subj, w))
+    return p
+
+
+def vllm_argv(p: Plan, hw: Hardware, gpu_util: float = GPU_UTIL) -> list[str]:
+    """The vLLM argv serve builds for plan `p`'s command on a machine like `hw` (serve.args, as serve's vLLM engine
+    calls it on a GPU; `python` as the interpreter): the command's context and the arguments after its `--`, the
+    plan's layout. tests/unit/test_gpu_plan_vllm_parser.py parses the command with serve's parser and this argv
+    with vLLM's."""
+    import shlex
+
+    from serve.args import ServeOptions, model_info, vllm_command
+
+    words = shlex.split(p.command)
+    extra = tuple(words[words.index("--") + 1:]) if "--" in words else ()
+    lay = p.parallel
+    opts = ServeOptions(port=8000, python="python", max_model_len=int(words[words.index("--max-model-len") + 1]),
+                        tensor_parallel_size=lay.tp, pipeline_parallel_size=lay.pp, data_parallel_size=lay.dp,
+                        distributed_backend="ray" if lay.pp > 1 else None, gpu_memory_utilization=gpu_util,
+                        extra_args=extra)
+    return vllm_command(model_info(catalog.resolve(p.model)), hw, opts)[0]
+
+
+def _speeds(s: Subject, p: Plan, plan_of) -> list[str]:
+    """Predicted decode lines: the heading, then `s` and its family's 16-bit and W4A16 variants at p's layout."""
+    from bench import predict
+
+    lay, out = p.parallel, []
+    for alias in predict.family(s.name):
+        try:
+            sub = s if alias == s.name else subject(alias)
+        except UserError:  # a local-only variant that is not built
+            continue
+        w = header_weights(sub.folder) if sub.folder is not None else None
+        groups = w[0] if w else estimate_weights(sub.cfg, sub.fmt)[0]
+        pr = predict.predict(predict.bytes_per_token(groups, sub.cfg), p.gpu_device, is_w4a16(sub.fmt), lay.tp)
+        if pr is None:
+            unknown = (f"no bandwidth known for '{p.gpu_device.name}': plan a class of core/gpus.py (--gpu NAME) "
+                       "for predicted tok/s")
+            return [unknown]
+        fits = plan_of(sub, w).status if sub is not s else p.status
+        out.append(predict.line(alias, sub.fmt, pr) + ("" if fits != "no" else f" (does not fit at {lay.label()})"))
+    a16, a4 = predict.ANCHORS["16-bit"], predict.ANCHORS["w4a16"]
+    head = (f"per replica, at {lay.label()}: {p.gpu_device.name}'s vendor bandwidth / bytes per token per GPU x "
+            f"{a16.efficiency:.1%} (16-bit) or {a4.efficiency:.1%} (W4A16), the shares measured on an H100 SXM "
+            f"({predict.NOTES}; bench/predict.py)" + ("; all-reduce cost ignored" if lay.tp > 1 else "")
+            + ("; pipeline stages run one after another for one sequence" if lay.pp > 1 else ""))
+    return [head, *out]
+
+
 # ---------------------------------------------------------------- command line
 
 def predict(name: str, hw: Hardware, *, concurrency: int, max_model_len: int | None = None,
@@ -563,6 +711,7 @@ def predict(name: str, hw: Hardware, *, concurrency: int, max_model_len: int | N
             "overhead_bytes": p.overhead.bytes, "activations_bytes": p.activations.bytes,
             "vision_bytes": p.image["activations"].bytes if p.image else 0, "kv_cache_gib": p.kv_cache_gib,
             "context": min(p.requested_context, p.max_context) if p.max_context else p.requested_context,
+            "max_context": p.max_context,
             "concurrency": p.concurrency, "engine": p.engine, "device": p.device}
 
 
@@ -577,9 +726,12 @@ def parser() -> argparse.ArgumentParser:
                    help="image budget per image in pixels (default: the model's processor)")
     p.add_argument("--images-per-prompt", type=int, default=2, help="vLLM's --limit-mm-per-prompt image count")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--gpu", default=None, metavar='"NAME, MiB, X.Y"',
-                   help="plan for this GPU (nvidia-smi's name,memory.total,compute_cap line), e.g. \"Tesla T4, 15360, "
-                        "7.5\"")
+    p.add_argument("--gpu", default=None, metavar="[Nx]CLASS | \"NAME, MiB, X.Y\"",
+                   help="plan for these GPUs: a class of core/gpus.py (l40s, 4xl40s, \"2x RTX 4090\", h100, a100-80g "
+                        "...) or nvidia-smi's name,memory.total,compute_cap line, e.g. \"Tesla T4, 15360, 7.5\"")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="machines with those GPUs each (> 1: pipeline parallel over a Ray cluster where one machine "
+                        "is not enough)")
     p.add_argument("--gpu-memory-utilization", type=float, default=GPU_UTIL)
     p.add_argument("--debug", action="store_true")
     return p
@@ -597,21 +749,26 @@ def main(argv: list[str]) -> int:
     hw = detect()
     gpus = None
     if args.gpu:
-        gpus = parse_nvidia_smi(args.gpu)
-        if not gpus:
-            raise UserError(f"--gpu '{args.gpu}' is not 'NAME, MiB, X.Y'", 'e.g. --gpu "NVIDIA L4, 23034, 8.9"')
+        from core.gpus import parse
+
+        gpus = parse(args.gpu)
         hw = dataclasses.replace(hw, gpus=tuple(gpus))
     elif args.device == "cuda" and not hw.has_gpu:
-        raise UserError("--device cuda: no NVIDIA GPU is visible here", 'plan one with --gpu "NAME, MiB, X.Y"')
+        raise UserError("--device cuda: no NVIDIA GPU is visible here", "plan one with --gpu CLASS (e.g. --gpu l40s, "
+                        '--gpu 4xl40s) or --gpu "NAME, MiB, X.Y"')
     elif args.device != "cpu":
         gpus = list(hw.gpus)
 
     def plan_of(s: Subject) -> Plan:
         weights = header_weights(s.folder) if s.folder is not None else None
+        kw = {"concurrency": args.concurrency, "max_model_len": args.max_model_len,
+              "max_pixels": args.max_image_pixels, "images": args.images_per_prompt,
+              "gpu_util": args.gpu_memory_utilization}
+        f = format_of(s.fmt)[0]
+        if args.device != "cpu" and gpus and (f is None or f.engine == "vllm"):
+            return gpu_plan(s, hw, gpus, nodes=args.nodes, weights=weights, **kw)
         return make_plan(s, hw, weights=weights, gpus=gpus if args.device != "cpu" else [], device=args.device,
-                         concurrency=args.concurrency, max_model_len=args.max_model_len,
-                         max_pixels=args.max_image_pixels, images=args.images_per_prompt,
-                         gpu_util=args.gpu_memory_utilization)
+                         **kw)
 
     s = subject(name)
     p = plan_of(s)

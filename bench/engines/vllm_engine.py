@@ -30,6 +30,10 @@ def normalize_endpoint(url: str) -> str:
     return u if u.endswith("/v1") else u + "/v1"
 
 
+def _argv_int(argv: list[str], flag: str) -> int | None:
+    return int(argv[argv.index(flag) + 1]) if flag in argv else None
+
+
 _CORE_IDS = re.compile(r"core ids=\[([0-9, ]*)\]")
 
 
@@ -47,8 +51,9 @@ class VllmEngine(Engine):
     def __init__(self, alias: str, location: str, modality: str, endpoint: str | None = None,
                  api_key: str | None = None, server_args: tuple[str, ...] = (), force: bool = False,
                  start_timeout_s: float = 900, request_timeout_s: float = 600, threads: int | None = None,
-                 cpu_int4: str | None = None):
+                 cpu_int4: str | None = None, gguf_server: str | None = None):
         super().__init__(alias, location, modality)
+        self.gguf_server = gguf_server  # the serve engine for a GGUF variant (None: llamacpp)
         self.threads = threads
         self.cpu_int4 = cpu_int4
         self.endpoint = normalize_endpoint(endpoint) if endpoint else None
@@ -83,15 +88,19 @@ class VllmEngine(Engine):
         name = self.alias if self.alias in catalog.VARIANTS else self.location
         t0 = time.perf_counter()
         if is_gguf(self.location):
-            lp = serve.plan(name, "llamacpp", n_threads=self.threads)
+            eng = self.gguf_server or "llamacpp"
+            lp = serve.plan(name, eng, n_threads=self.threads)
             self.server = serve.launch(lp, timeout_s=self.start_timeout_s, progress=False)
-            from quantize.gguf import end_token_ids
-
             gf = gguf_file(Path(self.location))
-            ends = end_token_ids(gf)  # llama.cpp's server has no ignore_eos: the length is forced by logit_bias
-            self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
-            self.info.update(server="llama.cpp", gguf_file=gf.name, forced_length=f"logit_bias -100 on end tokens {ends}",
-                             context=int(lp.argv[lp.argv.index("--n_ctx") + 1]) if "--n_ctx" in lp.argv else None)
+            self.info.update(server="llama.cpp" if eng == "llamacpp" else eng, gguf_file=gf.name,
+                             context=_argv_int(lp.argv, "--ctx-per-slot") or _argv_int(lp.argv, "--n_ctx"),
+                             slots=_argv_int(lp.argv, "--parallel") or 1)
+            if eng != "llamacpp":  # the old Python server: no ignore_eos, lengths forced by logit_bias
+                from quantize.gguf import end_token_ids
+
+                ends = end_token_ids(gf)
+                self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
+                self.info["forced_length"] = f"logit_bias -100 on end tokens {ends}"
             if self.threads:
                 self.info["threads"] = self.threads
         else:

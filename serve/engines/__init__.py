@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "vllm": "serve.engines.vllm",
     "llamacpp": "serve.engines.llamacpp",
+    "llamacpppython": "serve.engines.llamacpp_python",  # TEMPORARY: the old server, for one bench comparison
 }
 
 

@@ -1,12 +1,16 @@
-"""llama.cpp's OpenAI server (llama-cpp-python's `llama_cpp.server`) as an engine, for GGUF artifacts (a Qwen3-VL one
-with its vision projector through mtmd). Started, watched and stopped by serve/process.py like any engine:
+"""llama.cpp's own C++ server as an engine, for GGUF artifacts (a Qwen3-VL one with its vision projector through
+mtmd). It runs from PyPI's prebuilt `xllamacpp` in its own process (serve/engines/llamacpp_server.py), started,
+watched and stopped by serve/process.py like any engine:
 
     import serve
-    with serve.start("tiny-text-gguf") as srv:       # waits until /v1/models answers
+    with serve.start("tiny-text-gguf") as srv:       # waits until /health answers
         print(srv.base_url, srv.model)               # http://127.0.0.1:PORT/v1 tiny-text-gguf
 
-The command is a pure function of its inputs (`llamacpp_command`). The API key travels in env API_KEY
-(llama_cpp.server's settings read it), never on argv.
+What it brings over llama-cpp-python's Python server (the engine before 2026-12-07): continuous batching over
+parallel slots, an image-token cap of its own (`image_max_tokens`, set to the model processor's budget), token usage
+in the stream, `ignore_eos`, `/metrics`. The command is a pure function of its inputs (`llamacpp_command`); slots and
+context per slot come from serve --plan's memory model (serve/fit.py counts each slot's KV cache). The API key
+travels in env LLAMA_API_KEY, never on argv.
 """
 from __future__ import annotations
 
@@ -21,11 +25,11 @@ from typing import TYPE_CHECKING
 from core import catalog
 from core.artifact import gguf_file, inspect, max_image_pixels, mmproj_file, read_report
 from core.errors import UserError
-from core.llamacpp_build import check_runs
 from serve import process
 from serve.args import MASK, ServeOptions, is_loopback, shown_command
 from serve.client import PIXELS_PER_TOKEN
 from serve.engines import Launch
+from serve.engines.llamacpp_server import KEY_ENV
 
 if TYPE_CHECKING:
     from core.hardware import Hardware
@@ -34,9 +38,9 @@ NAME = "llamacpp"
 LABEL = "llama.cpp"
 LOG_NAME = "llamacpp.log"
 START_TIMEOUT_S = 300.0
-KEY_ENV = "API_KEY"  # llama_cpp.server's ServerSettings.api_key, read from the environment
 DEFAULT_CTX = 2048
-INSTALL = "`pip install -c constraints.txt -e .[llamacpp]` (builds llama.cpp with CMAKE_ARGS=-DGGML_NATIVE=ON)"
+DEFAULT_SLOTS = 4  # parallel slots without --parallel: serve --plan's default concurrency
+INSTALL = "`pip install -c constraints.txt -e .[llamacpp]` (xllamacpp's prebuilt wheel)"
 
 
 @dataclass(frozen=True)
@@ -93,22 +97,49 @@ def _report_len(folder: Path) -> int | None:
     return int(read_report(folder).get("max_model_len") or 0) or None
 
 
-def llamacpp_command(gguf_file: Path, *, served_name: str, host: str, port: int, n_ctx: int, n_threads: int,
-                     api_key: str | None = None, python: str | None = None, extra_args=(),
-                     mmproj: Path | None = None) -> tuple[list[str], dict[str, str]]:
-    """(argv, extra env) of llama.cpp's OpenAI server. Pure. A VL model: its projector through mtmd's generic
-    chat handler (the model's own chat template from the GGUF, images where the template puts them)."""
-    argv = [python or sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host", host,
-            "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
-            "--n_threads_batch", str(n_threads), "--model_alias", served_name,
-            # llama_cpp.server's default cuts a streaming answer off when another request arrives: queue instead
-            "--interrupt_requests", "False"]
+def llamacpp_command(gguf_file: Path, *, served_name: str, host: str, port: int, ctx_per_slot: int, slots: int,
+                     n_threads: int, api_key: str | None = None, python: str | None = None, extra_args=(),
+                     mmproj: Path | None = None, image_max_tokens: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra env) of llama.cpp's server. Pure. A VL model: its projector through mtmd, with pictures capped
+    at `image_max_tokens` by the server itself (the model's own chat template from the GGUF)."""
+    argv = [python or sys.executable, "-m", "serve.engines.llamacpp_server", "--model", str(gguf_file),
+            "--alias", served_name, "--host", host, "--port", str(port), "--parallel", str(slots),
+            "--ctx-per-slot", str(ctx_per_slot), "--threads", str(n_threads)]
     if mmproj is not None:
-        argv += ["--chat_format", "mtmd", "--clip_model_path", str(mmproj)]
+        argv += ["--mmproj", str(mmproj)]
+        if image_max_tokens:
+            argv += ["--image-max-tokens", str(image_max_tokens)]
     env = {"OMP_WAIT_POLICY": "PASSIVE"}
     if api_key:
         env[KEY_ENV] = api_key
     return argv + list(extra_args), env
+
+
+def slots_and_context(gm: GgufModel, opts: ServeOptions, hw: Hardware) -> tuple[int, int, list[str]]:
+    """(slots, context per slot, notes): --parallel slots (default 4), each with --max-model-len tokens (default the
+    model's), shortened to what serve --plan says fits in free RAM with every slot's KV cache counted."""
+    from serve import fit
+
+    slots = DEFAULT_SLOTS if opts.parallel is None else opts.parallel
+    if slots < 1:
+        raise UserError(f"--parallel {slots}: llama.cpp needs at least one slot", "pass --parallel 1 or more")
+    want = opts.max_model_len or gm.max_model_len or DEFAULT_CTX
+    folder = gm.file.parent
+    if not (folder / "config.json").is_file():  # a bare .gguf: no config to plan from
+        return slots, want, [f"llama.cpp: {slots} slots x {want} tokens (no config.json beside the file: not planned)"]
+    try:
+        p = fit.predict(str(folder), hw, concurrency=slots, max_model_len=want)
+    except (KeyError, TypeError, ValueError) as e:  # a config without the model's dimensions
+        return slots, want, [f"llama.cpp: {slots} slots x {want} tokens (config.json lacks {e}: not planned)"]
+    if p["max_context"] < fit.MIN_CONTEXT:
+        raise UserError(f"{gm.name} does not fit in free RAM with {slots} llama.cpp slots "
+                        f"(planned {p['predicted_bytes'] / 1e9:.1f} GB, {hw.mem_available_gib:.1f} GiB available)",
+                        f"lower --parallel or --max-model-len (`python -m serve --plan {gm.name} --concurrency "
+                        f"{slots}` shows what fits), or free memory")
+    ctx = min(want, p["max_context"])
+    notes = [] if ctx == want else [(f"llama.cpp: --max-model-len {want} x {slots} slots does not fit in free RAM: "
+                                     f"{ctx} tokens per slot (serve --plan's memory model)")]
+    return slots, ctx, notes
 
 
 def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
@@ -117,48 +148,47 @@ def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
     if not is_loopback(opts.host) and not opts.api_key:
         raise UserError(f"--host {opts.host} exposes the server beyond this machine, and no API key is set",
                         "pass --api-key KEY or set QWEN_W4_API_KEY (clients send it as their bearer token)")
-    n_ctx = opts.max_model_len or gm.max_model_len or DEFAULT_CTX
+    slots, ctx, notes = slots_and_context(gm, opts, hw)
     threads = opts.n_threads or max(1, hw.cores)
     name = opts.served_name or gm.served_name
-    argv, env = llamacpp_command(gm.file, served_name=name, host=opts.host, port=opts.port, n_ctx=n_ctx,
-                                 n_threads=threads, api_key=opts.api_key,
-                                 extra_args=opts.extra_args, mmproj=gm.mmproj)
+    budget = max_image_pixels(gm.file.parent) if gm.mmproj else None
+    cap = budget // PIXELS_PER_TOKEN if budget else None
+    argv, env = llamacpp_command(gm.file, served_name=name, host=opts.host, port=opts.port, ctx_per_slot=ctx,
+                                 slots=slots, n_threads=threads, api_key=opts.api_key, extra_args=opts.extra_args,
+                                 mmproj=gm.mmproj, image_max_tokens=cap)
     shown = shown_command(argv, {k: (MASK if k == KEY_ENV else v) for k, v in env.items()})
     info = GgufModel(gm.name, gm.file, name, gm.max_model_len, gm.mmproj)
-    notes = [f"llama.cpp: n_ctx {n_ctx}, {threads} threads" + (f", projector {gm.mmproj.name}" if gm.mmproj else "")]
-    budget = max_image_pixels(gm.file.parent) if gm.mmproj else None
-    if budget:
-        notes.append(f"images: llama.cpp's server has no image budget; the model's processor allows {budget} pixels "
-                     f"({budget // PIXELS_PER_TOKEN} tokens): resize larger pictures client-side (serve.chat --max-image-pixels "
-                     f"{budget}; the demo does it)")
-    return Launch(NAME, model, name, hw, opts, argv, env, shown, info, notes, client_max_pixels=budget)
+    notes.insert(0, f"llama.cpp: {slots} slots x {ctx} tokens (continuous batching), {threads} threads"
+                 + (f", projector {gm.mmproj.name}" if gm.mmproj else ""))
+    if cap:
+        notes.append(f"images: at most {cap} tokens per picture (the model's processor budget, {budget} pixels), "
+                     "applied by the server")
+    return Launch(NAME, model, name, hw, opts, argv, env, shown, info, notes)
 
 
 def preflight(lp: Launch) -> None:
-    """The port, llama-cpp-python's server in the engine's Python, and (builds with ggml's AMX backend) a short
-    prompt through the model in a child: a crashing build is one line, never a dead server."""
+    """The port and llama.cpp's server (xllamacpp) in the engine's Python: one line each."""
     process.check_port_free(lp.opts.host, lp.opts.port)
     check_engine(lp.argv[0])
-    check_runs(lp.info.file, lp.argv[0])
 
 
 def check_engine(python: str) -> None:
     if os.path.abspath(python) == os.path.abspath(sys.executable):
-        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
-            raise UserError(f"llama-cpp-python (with its server extra) is not installed in {sys.executable}", INSTALL)
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise UserError(f"llama.cpp's server (xllamacpp) is not installed in {sys.executable}", INSTALL)
         return
-    r = subprocess.run([python, "-c", "import llama_cpp.server"], check=False, capture_output=True, timeout=60)
+    r = subprocess.run([python, "-c", "import xllamacpp"], check=False, capture_output=True, timeout=60)
     if r.returncode != 0:
-        raise UserError(f"llama-cpp-python's server cannot be imported by {python}", INSTALL)
+        raise UserError(f"llama.cpp's server (xllamacpp) cannot be imported by {python}", INSTALL)
 
 
 def ready(srv: process.Server) -> bool:
-    """/v1/models answers 200 (llama_cpp.server has no /health)."""
-    return process.http_ok(srv.base_url + "/models", srv.api_key)
+    """/health answers 200 (llama.cpp's server: 503 while the model loads; public even with an API key)."""
+    return process.http_ok(srv.base_url.removesuffix("/v1") + "/health", srv.api_key)
 
 
 PHASES = (("llama_model_load", "loading the model"), ("clip_model_loader", "loading the vision projector"),
-          ("Uvicorn running", "starting the HTTP server"))
+          ("warming up", "warming up"), ("listening on", "starting the HTTP server"))
 
 
 def phase(lines: list[str]) -> str:
@@ -168,10 +198,11 @@ def phase(lines: list[str]) -> str:
 CAUSES = (
     (r"failed to load model|error loading model|llama_model_load: error", "llama.cpp cannot load this GGUF file",
      "re-create it with `python -m quantize --formats gguf`, or check that the file is complete"),
-    (r"clip_model_load|failed to load (the )?clip|mtmd_init_from_file.{0,40}fail",
+    (r"clip_model_load|failed to load (the )?(clip|multimodal)|mtmd_init_from_file.{0,40}fail",
      "llama.cpp cannot load the vision projector (mmproj)", "re-create the GGUF artifact with its projector"),
-    (r"No module named '?(llama_cpp|uvicorn|sse_starlette|starlette_context)",
-     "llama-cpp-python's server is not (properly) installed for this Python", INSTALL),
+    (r"No module named '?xllamacpp", "llama.cpp's server (xllamacpp) is not installed for this Python", INSTALL),
+    (r"couldn't bind|address already in use", "llama.cpp's server cannot listen on its port",
+     "pick another --port, or stop what uses it"),
     *process.COMMON_CAUSES,
 )
 
@@ -183,6 +214,6 @@ def likely_cause(lines: list[str], returncode: int | None = None) -> tuple[str, 
 def doctor_rows(hw: Hardware) -> list[tuple[str, bool | None, str]]:
     from core.hardware import versions
 
-    v = versions().get("llama-cpp-python")
-    return [("llama.cpp", v is not None, f"llama-cpp-python {v}" if v else
+    v = versions().get("xllamacpp")
+    return [("llama.cpp", v is not None, f"llama.cpp's server (xllamacpp {v}, continuous batching)" if v else
              "not installed: `pip install -c constraints.txt -e .[llamacpp]` (GGUF serving, the CPU fast path)")]

@@ -1,9 +1,10 @@
 """GGUF end to end: `python -m quantize --formats gguf` (real AutoRound, llama.cpp's converter, lint, verify with
-llama.cpp) -> llama.cpp's real OpenAI server through serve/llamacpp.py -> serve.client / the openai client ->
-stopped, nothing left running. Plus what `--engine auto` picks on this machine, served for real."""
+llama.cpp) -> llama.cpp's own server (xllamacpp) through serve/engines/llamacpp.py -> serve.client / the openai
+client -> stopped, nothing left running. Plus what `--engine auto` picks on this machine, served for real."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from core.hardware import detect
 from serve.client import chat, user_message
 
 pytestmark = pytest.mark.e2e
-pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra `llamacpp`)")
+pytest.importorskip("xllamacpp", reason="xllamacpp not installed (extra `llamacpp`)")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +54,17 @@ def start_llamacpp(model: str, *, run_dir: Path | None = None, progress: bool = 
 
     return serve.launch(get("llamacpp").plan(model, serve.options(**opts), detect()), run_dir=run_dir,
                         progress=progress)
+
+
+def _metrics(srv) -> dict[str, float]:
+    """llama.cpp's Prometheus counters (/metrics)."""
+    import urllib.request
+
+    req = urllib.request.Request(srv.base_url.removesuffix("/v1") + "/metrics",
+                                 headers={"Authorization": f"Bearer {srv.api_key}"} if srv.api_key else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return {k: float(v) for k, v in (ln.split() for ln in lines if ln and not ln.startswith("#"))}
 
 
 def _port_open(port: int) -> bool:
@@ -107,13 +119,26 @@ def test_llamacpp_server_chats_and_stops_clean(ggufs, tmp_path):
         assert r.choices[0].message.content and r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 12
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.base_url, api_key="wrong").models.list()
-        # concurrent answers queue, none is cut off by the next (llama_cpp.server's default would interrupt them)
+        # several users are decoded together (continuous batching over the slots): the server's own counters show
+        # fewer llama_decode() calls than tokens generated; every answer has its forced length and the server's usage
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
+        before = _metrics(srv)
+        go = threading.Barrier(3)
+
+        def answer(k):
+            go.wait()
+            return chat(srv.base_url, srv.model, [user_message(f"Question {k}: what is a set?")], api_key=srv.api_key,
+                        max_tokens=200, ignore_eos=True)[1]
+
         with ThreadPoolExecutor(3) as ex:
-            ends = list(ex.map(lambda k: chat(srv.base_url, srv.model, [user_message(f"Question {k}: what is a set?")],
-                                              api_key=srv.api_key, max_tokens=32), range(3)))
-        assert all(st.output_tokens > 0 and st.finish_reason in ("stop", "length") for _, st in ends), ends
+            runs = list(ex.map(answer, range(3)))
+        assert all(st.output_tokens == 200 and st.usage_reported and st.finish_reason == "length" for st in runs), runs
+        after = _metrics(srv)
+        tokens = after["llamacpp:tokens_predicted_total"] - before["llamacpp:tokens_predicted_total"]
+        decodes = after["llamacpp:n_decode_total"] - before["llamacpp:n_decode_total"]
+        assert tokens >= 600 and decodes < 0.8 * tokens, (tokens, decodes)  # one at a time would need >= 600
         assert (tmp_path / "run" / "llamacpp.log").stat().st_size > 0
     finally:
         srv.stop()
@@ -179,10 +204,34 @@ def test_vl_gguf_artifact_has_its_16bit_projector_linted_and_verified(vl_gguf):
     assert vis["image_tokens"] == vis["image_tokens_transformers"] > 0 and vis["answer_tokens"] > 0
     assert rep["mmproj"]["file"] == "mmproj-tiny-vl-F16.gguf" and rep["mmproj"]["projector_type"] == "qwen3vl_merger"
     card = (vl_gguf / "README.md").read_text()
-    assert "pipeline_tag: image-text-to-text" in card and "--clip_model_path mmproj-tiny-vl-F16.gguf" in card
+    assert "pipeline_tag: image-text-to-text" in card and "--mmproj mmproj-tiny-vl-F16.gguf" in card
 
 
-def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
+def _image_prompt_tokens(base_url: str, model: str, side: int | None) -> int:
+    """Prompt tokens the server counts for one `side` x `side` picture (None: no picture) and a short question."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    content = [{"type": "text", "text": "Describe it."}]
+    if side:
+        b = io.BytesIO()
+        Image.new("RGB", (side, side), (180, 40, 40)).save(b, "PNG")
+        content.insert(0, {"type": "image_url",
+                           "image_url": {"url": "data:image/png;base64," + base64.b64encode(b.getvalue()).decode()}})
+    r = openai.OpenAI(base_url=base_url, api_key="EMPTY").chat.completions.create(
+        model=model, max_tokens=1, temperature=0.0, messages=[{"role": "user", "content": content}])
+    return r.usage.prompt_tokens
+
+
+def _picture_tokens(srv) -> dict[int, int]:
+    """Prompt tokens a picture adds, by its side in pixels (448: 196 tokens unscaled, 1024: 1024)."""
+    bare = _image_prompt_tokens(srv.base_url, srv.model, None)
+    return {n: _image_prompt_tokens(srv.base_url, srv.model, n) - bare for n in (448, 1024)}
+
+
+def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path, server):
     """llama.cpp's server with the projector (mtmd) answers image chats from serve.client and the openai client;
     `--engine auto` picks it for the VL W4A16 alias on a CPU without AMX; bench measures its image scenario."""
     from serve.engine import choose_engine, gguf_variant_path
@@ -194,7 +243,8 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
     print(f"\nauto for tiny-vl-gptq here: {c.engine} — {c.reason}")
     assert c.engine == ("vllm" if hw.has_gpu or hw.flag("amx_tile") else "llamacpp")
     with start_llamacpp(str(vl_gguf), progress=False) as srv:
-        assert "--chat_format" in srv.argv and str(find_mmproj_path(vl_gguf)) in srv.argv
+        assert srv.argv[srv.argv.index("--mmproj") + 1] == str(find_mmproj_path(vl_gguf))
+        assert srv.argv[srv.argv.index("--image-max-tokens") + 1] == "64"  # the processor's 65,536 pixels
         text, st = chat(srv.base_url, srv.model, [user_message("What is in this picture?", [png_bytes()])],
                         max_tokens=12)
         assert text and st.output_tokens > 0 and 0 < st.ttft_s <= st.total_s
@@ -207,6 +257,12 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
         assert r.choices[0].message.content and r.usage.completion_tokens > 0
         log = Path(srv.log_path).read_text(errors="replace")
         assert "image" in log.lower(), log[-2000:]  # mtmd encoded the picture
+        gguf_tokens = _picture_tokens(srv)
+
+    # a plain openai client sending pictures larger than the budget: as many tokens per picture as vLLM's processor
+    # makes (the processor's 65,536 pixels: 64 image tokens, plus the two vision markers)
+    vllm_tokens = _picture_tokens(server("tiny-vl"))
+    assert gguf_tokens == vllm_tokens == {448: 66, 1024: 66}, (gguf_tokens, vllm_tokens)
 
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "bench", "--models", str(vl_gguf), "--concurrency", "1", "--prompts", "2",
@@ -217,9 +273,8 @@ def test_vl_gguf_served_by_llamacpp_answers_images(vl_gguf, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     x = rep["variants"][0]
     assert x["status"] == "ok" and x["engine"]["server"] == "llama.cpp", x.get("reason")
-    # llama.cpp's server has no image budget: bench sends the picture at the processor's size (64 tokens, as vLLM)
-    assert rep["settings"]["image_sent"].startswith("256x256 (64 image tokens on every engine; 448x448 resized")
-    assert "sent as 256x256" in (out / "report.md").read_text()
+    # the 448 x 448 picture goes as it is: llama.cpp's server caps it at the processor's 64 tokens, as vLLM does
+    assert "image_sent" not in rep["settings"]
     for scen in ("text", "image"):
         _check_forced(x["raw"][scen]["1"], x["runs"][scen]["1"], 2, 8, out / "report.md")
 
@@ -303,3 +358,24 @@ def test_bench_serves_gguf_variants_with_llamacpp(ggufs, tmp_path):
     assert 0 < q4["bytes_per_token"] < 0.5 * b16["bytes_per_token"]
     assert q4["x_baseline"]["decode_tok_s_bs1"] == pytest.approx(q4["decode_tok_s_bs1"] / b16["decode_tok_s_bs1"])
     assert "| llama.cpp | 1 |" in (out / "report.md").read_text()
+
+
+FULL_SOAK = os.environ.get("QWEN_W4_SOAK", "").strip().lower() == "full"
+
+
+@(pytest.mark.soak if FULL_SOAK else (lambda f: f))
+def test_soak_through_llamacpp_with_four_users(vl_gguf, tmp_path):
+    """`python -m bench.soak` against llama.cpp's server at 4 users: text and pictures (two of them larger than the
+    processor's budget), streamed and not, some cancelled mid-stream; none fails, memory stays flat, the server
+    still answers afterwards. `QWEN_W4_SOAK=full` (make soak) runs 200 requests."""
+    n = 200 if FULL_SOAK else 36
+    out = tmp_path / "soak"
+    r = subprocess.run([sys.executable, "-m", "bench.soak", "--model", str(vl_gguf), "--requests", str(n),
+                        "--concurrency", "4", "--out", str(out)], check=False, cwd=REPO, capture_output=True,
+                       text=True, timeout=1800)
+    s = json.loads((out / "soak.json").read_text())
+    print("\n" + (out / "soak.md").read_text())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert s["failed"] == 0 and s["memory_flat"] and s["answers_after"] and s["engine"] == "llamacpp", s["errors"]
+    assert set(s["modes"]) == {"stream", "plain", "cancel"} and set(s["kinds"]) == {"text", "image", "image x2"}
+    assert s["requests"] == n == len(s["results"]) and s["argv"][s["argv"].index("--parallel") + 1] == "4"

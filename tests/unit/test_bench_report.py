@@ -86,6 +86,22 @@ def test_derive_ratios_match_raw_numbers():
     assert rows["m-awq"]["status"] == "failed" and "x_baseline" not in rows["m-awq"]
 
 
+def test_each_model_family_is_compared_with_its_own_16bit_model():
+    """A run of two families (e.g. bench-text and shape-text): every row's ratios are to its own family's 16-bit
+    variant, not to the first one of the run."""
+    r = copy.deepcopy(REPORT)
+    for v in r["variants"]:
+        v["family"] = "m"
+    r["variants"] += [{**_variant("big", "bf16", True, 8 * 10**9, 4 * 10**9, 9 * 10**9, 400.0, 8.0), "family": "big"},
+                      {**_variant("big-gptq", "gptq", False, 2 * 10**9, 10**9, 6 * 10**9, 100.0, 16.0),
+                       "family": "big"}]
+    rows = {row["alias"]: row for row in rep.derive(r)["rows"]}
+    assert rows["m-gptq"]["baseline"] == "m" and rows["big-gptq"]["baseline"] == "big"
+    assert rows["big-gptq"]["x_baseline"]["decode_tok_s_bs1"] == pytest.approx(4.0)
+    assert rows["big-gptq"]["x_baseline"]["output_tok_s_top"] == pytest.approx(2.0)
+    assert rows["m-gptq"]["x_baseline"]["decode_tok_s_bs1"] == pytest.approx(2.0)
+
+
 def test_no_baseline_without_a_16bit_variant():
     r = copy.deepcopy(REPORT)
     r["variants"] = r["variants"][1:]

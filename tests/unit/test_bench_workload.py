@@ -53,10 +53,9 @@ def test_images_are_distinct_but_alike():
     assert [s.name for s in scenarios("text", 4, 16, 8)] == ["text"]
 
 
-def test_fit_pixels_gives_every_engine_the_processors_image():
-    """bench resizes the picture to the processor's budget before sending it: vLLM's processor then sees the same
-    patch grid as from the original (nothing changes for it), and llama.cpp, which has no budget of its own in
-    llama-cpp-python 0.3.36's server, encodes that grid too (64 tokens, not 196 for a 448 x 448 picture)."""
+def test_fit_pixels_resizes_as_the_processor_would():
+    """serve.chat --max-image-pixels resizes a picture to a budget before sending it (a smaller upload): vLLM's
+    processor then sees the same patch grid as from the original, so the answer's image tokens do not change."""
     from transformers import Qwen2VLImageProcessor
 
     from serve.client import fit_pixels

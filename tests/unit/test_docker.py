@@ -44,8 +44,8 @@ ALLOWED_IGNORES = {
     "cpu": {"DL3008"},
     "gpu": set(),
 }
-SERVICES = {"serve-gpu": ["gpu"], "serve-cpu": ["cpu"], "demo": ["gpu", "cpu"], "quantize": ["tools"],
-            "bench": ["tools"]}
+SERVICES = {"serve-gpu": ["gpu"], "serve-gpus": ["gpus"], "serve-cpu": ["cpu"], "demo": ["gpu", "gpus", "cpu"],
+            "quantize": ["tools"], "bench": ["tools"]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -355,8 +355,11 @@ def test_compose_structure():
     for name, svc in services.items():
         targets = {v.split(":")[1] for v in svc["volumes"]}
         assert {env["HF_HOME"], env["QWEN_W4_HOME"]} <= targets, f"{name}: {targets}"
-    gpu = services["serve-gpu"]["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in gpu)
+    for name in ("serve-gpu", "serve-gpus"):
+        gpu = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in gpu), name
+    dp = _service_argv("serve-gpus")  # one replica per GPU: data parallel over every reserved GPU
+    assert dp[dp.index("--data-parallel-size") + 1] == "auto" and gpu[0].get("count") == "all"
     assert "deploy" not in services["serve-cpu"]
 
 
@@ -367,7 +370,7 @@ def test_compose_demo_points_at_the_served_endpoint():
     m = re.fullmatch(r"http://([\w-]+):(\d+)/v1", endpoint)
     assert m, endpoint
     host, port = m.groups()
-    for name in ("serve-gpu", "serve-cpu"):
+    for name in ("serve-gpu", "serve-gpus", "serve-cpu"):
         serve = services[name]
         assert host in serve["networks"]["default"]["aliases"], f"{name} does not answer as {host}"
         serve_argv = _service_argv(name)

@@ -63,7 +63,7 @@ def test_gguf_failing_after_safetensors_passed_places_nothing(tmp_path, capfd):
 
 @pytest.mark.e2e  # real quantization (RTN on tiny-text) and llama.cpp's verify
 def test_safetensors_and_gguf_formats_are_placed_together(tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra `llamacpp`)")
+    pytest.importorskip("xllamacpp", reason="xllamacpp not installed (extra `llamacpp`)")
     base = _tiny_text_copy(tmp_path, "odd-text")
     out = tmp_path / "out"
     got = quantize(str(base), "gptq,gguf", "rtn", gguf_type="bf16", output=str(out))
