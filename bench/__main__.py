@@ -48,8 +48,6 @@ def parser() -> argparse.ArgumentParser:
                    help="extra vLLM argument, repeatable (e.g. --server-arg=--max-num-seqs=8)")
     p.add_argument("--force", action="store_true",
                    help="start servers even where serve knows they will fail (e.g. W4A16 on a CPU without the kernel)")
-    p.add_argument("--gguf-server", default="", help="TEMPORARY: serve engines to measure each GGUF variant with, "
-                   "e.g. llamacpp,llamacpppython (each its own variant ALIAS@ENGINE)")
     p.add_argument("--cpu-int4", default="",
                    help="vLLM on CPU: measure each W4A16 variant with these int4 paths, as ALIAS@PATH variants "
                         "(e.g. w4a8,w4a16; default: serve's choice, see `python -m serve --help`)")
@@ -209,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         image=args.image, quality_tokens=args.quality_tokens,
                         quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
                         server_args=list(args.server_arg), force=args.force, seed=args.seed, compile=args.compile, backend=args.backend, threads=args.threads,
-                        cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug,
-                        gguf_servers=[x for x in args.gguf_server.split(',') if x])
+                        cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -109,8 +109,8 @@ def summarize(results: list[RequestResult], duration_s: float, percentiles=PERCE
         out.update(distribution_ms(vals, name, percentiles))
     # decode speed of one stream: what a user watching one answer sees (1 / mean TPOT)
     out["decode_tok_s_per_stream"] = (1000.0 / out["mean_tpot_ms"]) if out["mean_tpot_ms"] else None
-    # answers the server ended before the forced length (llama.cpp stops at its end-of-turn text even when its
-    # end tokens are biased away): counted, and their per-token times use the tokens they produced
+    # answers a server ended before the forced length (one that ignores `ignore_eos`, e.g. an external endpoint):
+    # counted, and their per-token times use the tokens they produced
     out["ended_early"] = sum(1 for r in ok if r.finish_reason not in (None, "length"))
     errors = sorted({r.error for r in results if not r.ok and r.error})
     if errors:

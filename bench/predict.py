@@ -6,7 +6,7 @@ bytes read per decoded token, per GPU: tensor parallel divides the bytes) and th
 what a real run reached of the same limit on one GPU, one value for 16-bit weights and one for W4A16 (Marlin-class
 fused int4 x 16-bit GEMM kernels). Every such number is labelled "predicted".
 
-Anchors (`ANCHORS`), both from ../shared/NOTES.md, "On an H100 without vLLM" (transformers 5.17, torch 2.11 cu130;
+Anchors (`ANCHORS`), both measured on a lent H100 (NOTES.md, 2026-12-07, "GPU anchors"; transformers 5.17, torch 2.11 cu130;
 the text decoder of the exact Qwen3-VL-8B shape, random weights, 256-token prompt, 128 new tokens, batch 1, the
 standard compiled static-cache decode: CUDA graphs, `mode="reduce-overhead"`): bf16 110 tok/s at 15.1 GB read per
 token; W4A16 (AutoRound RTN, humming kernels) 179 tok/s at 4.94 GB. Against the H100 SXM's vendor 3,350 GB/s that
@@ -44,7 +44,7 @@ class Anchor:
         return self.tok_s * self.bytes_per_token / (gpus.find(self.gpu).bandwidth_gb_s * 1e9)
 
 
-NOTES = "../shared/NOTES.md 'On an H100 without vLLM'"
+NOTES = "NOTES.md 2026-12-07 'GPU anchors' (an H100, transformers + AutoRound's humming kernels)"
 ANCHORS = {
     "16-bit": Anchor(110.0, 15.1e9, "h100", "bf16 compiled CUDA-graph decode, Qwen3-VL-8B text shape, batch 1"),
     "w4a16": Anchor(179.0, 4.94e9, "h100", "W4A16 humming kernels, same compiled decode"),

@@ -46,7 +46,6 @@ class Settings:
     backend: str = "auto"
     threads: int | None = None
     cpu_int4: list[str] = field(default_factory=list)  # vLLM CPU int4 paths to measure each W4A16 variant with
-    gguf_servers: list[str] = field(default_factory=list)  # serve engines to measure each GGUF variant with
     seed: int | None = None  # where prompts start in the local text (None: random per run)
     debug: bool = False
 
@@ -166,9 +165,6 @@ class Runner:
                 # one measurement per kernel path (vLLM's CPUWNA16 formats), as separate variants "ALIAS@PATH"
                 out += [{**entry, "alias": f"{alias}@{path}", "cpu_int4": path} for path in self.s.cpu_int4]
                 continue
-            if self.s.gguf_servers and entry["status"] != "failed" and entry["format"] == "gguf":
-                out += [{**entry, "alias": f"{alias}@{srv}", "gguf_server": srv} for srv in self.s.gguf_servers]
-                continue
             out.append(entry)
         return out
 
@@ -283,7 +279,7 @@ class Runner:
             scenarios = workload.scenarios(entry["modality"], self.pool_size(), s.input_len, s.output_len, tok,
                                            self.image, seed=s.seed)
             engine = self._engine(entry)
-            self._status(f"{alias}: starting {s.engine}")
+            self._status(f"{alias}: starting {'llama.cpp' if entry.get('format') == 'gguf' else s.engine}")
             engine.open()
             rec["engine"] = engine.info
             gpu = detect().has_gpu and s.engine == "vllm"
@@ -379,7 +375,7 @@ class Runner:
             return make_engine("vllm", entry["alias"], entry["location"], entry["modality"],
                                endpoint=self._endpoint(entry["alias"]), api_key=s.api_key,
                                server_args=tuple(s.server_args), force=s.force, threads=s.threads,
-                               cpu_int4=entry.get("cpu_int4"), gguf_server=entry.get("gguf_server"))
+                               cpu_int4=entry.get("cpu_int4"))
         return make_engine("transformers", entry["alias"], entry["location"], entry["modality"],
                            compile=s.compile, backend=s.backend, threads=s.threads)
 

@@ -46,16 +46,35 @@ class Hardware:
         return name in self.cpu_flags
 
     @property
+    def w4a8_kernel(self) -> tuple[bool, str]:
+        """Does vLLM's CPU build have its W4A8 kernel (int4_scaled_mm_cpu) here, and why (not). vLLM 0.32 loads its
+        full `_C` library only on CPUs with AVX512_BF16 (platforms/cpu.py `import_kernels`); an AVX-512 CPU without
+        it (Intel Ice Lake / Cascade Lake) gets `_C_AVX512`, which has cpu_gemm_wna16 but no W4A8 ops
+        (`convert_weight_packed_scale_zp` is missing: vLLM dies loading the weights, measured 2026-12-07)."""
+        if self.flag("avx512_bf16") and self.flag("avx512f"):
+            return True, "AVX-512 with BF16: vLLM's full CPU library"
+        if self.flag("avx512f"):
+            return False, ("this CPU has AVX-512 but no AVX512_BF16, so vLLM's CPU build loads its _C_AVX512 library, "
+                           "which has no W4A8 kernel (only cpu_gemm_wna16)")
+        return False, "this CPU has no AVX-512"
+
+    @property
+    def w4a8_default(self) -> bool:
+        """serve's `--cpu-int4 auto` takes W4A8: the kernel is there and the CPU has int8 dot products (VNNI or AMX)."""
+        return self.w4a8_kernel[0] and (self.flag("avx512_vnni") or self.flag("amx_tile"))
+
+    @property
     def cpu_int4_path(self) -> str:
         """Which W4A16 kernel vLLM's CPU build runs here (see NOTES: AMX gets W4A8, else wna16)."""
         if self.flag("amx_tile"):
             return ("W4A8 int4_scaled_mm_cpu on AMX tiles (int8 activations; vLLM's own choice here; --cpu-int4 "
                     "w4a16 for cpu_gemm_wna16, bf16 math on AMX tiles; neither is bit-exact with transformers)")
-        if self.flag("avx512_vnni"):
+        if self.w4a8_default:
             return ("W4A8 int4_scaled_mm_cpu (int8 activations; serve enables it without AMX through its vLLM "
                     "plugin; --cpu-int4 w4a16 for cpu_gemm_wna16, bf16 math, exact but compute-bound)")
         if self.flag("avx512f"):
-            return "cpu_gemm_wna16 (AVX-512; unpacks int4 to bf16: compute-bound, ~0.85x bf16 speed)"
+            return ("cpu_gemm_wna16 (AVX-512; unpacks int4 to bf16: compute-bound, slower than bf16; "
+                    + ("no W4A8 without AVX512_BF16)" if self.flag("avx512_vnni") else "no VNNI for W4A8)"))
         return "unsupported (vLLM's CPU build needs AVX-512 for W4A16)"
 
     @property

@@ -97,26 +97,6 @@ def read_header(path: Path) -> dict:
     }
 
 
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # Qwen's end-of-turn / end-of-text: llama.cpp stops at either
-
-
-def end_token_ids(path: Path) -> list[int]:
-    """Token ids llama.cpp ends an answer at (its eos/eot ids and Qwen's end tokens): biased away when a benchmark
-    forces the output length (llama.cpp's server has no `ignore_eos`)."""
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(path))
-    ids = set()
-    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
-        f = r.fields.get(key)
-        if f is not None:
-            ids.add(int(f.contents()))
-    f = r.fields.get("tokenizer.ggml.tokens")
-    if f is not None:
-        ids.update(i for i, t in enumerate(f.contents()) if t in END_TOKENS)
-    return sorted(ids)
-
-
 def linear_types(h: dict) -> dict[str, str]:
     """Tensor type of each decoder Linear weight (blk.N.attn_*/ffn_*.weight) in a `read_header` result."""
     return {n: t for n, t in (h.get("tensor_types") or {}).items()

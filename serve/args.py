@@ -204,17 +204,21 @@ CPU_INT4_ENV = "QWEN_W4_CPU_INT4"  # read by serve/vllm_plugin.py inside vLLM's 
 def cpu_int4(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str | None:
     """Which of vLLM's CPU int4 paths a W4A16 checkpoint takes: "w4a8" (int4 weights, int8 per-token activations,
     `int4_scaled_mm_cpu`) or "w4a16" (`cpu_gemm_wna16`, bf16 math); None where it does not apply (GPU, 16-bit).
-    auto: w4a8 wherever the CPU has AVX-512 VNNI (vLLM itself picks it on AMX CPUs; the plugin extends that
-    choice to VNNI CPUs without AMX, where wna16 is slower than bf16), else w4a16. This is the kernel of GPTQ, AWQ and
+    auto: w4a8 wherever vLLM's CPU build has it and the CPU has VNNI or AMX (`Hardware.w4a8_default`; vLLM itself
+    picks it on AMX CPUs, the plugin extends that choice to VNNI CPUs without AMX, where wna16 is slower than bf16),
+    else w4a16; an explicit w4a8 where the kernel is missing is refused in one line. This is the kernel of GPTQ, AWQ and
     compressed-tensors checkpoints; vLLM runs AutoRound checkpoints (`inc`) on CPU with AutoRound's own kernel
     (auto-round-lib, in the `cpu` extra) whatever this says."""
     if requested not in CPU_INT4_PATHS:
         raise UserError(f"unknown CPU int4 path '{requested}'", f"use --cpu-int4 {'|'.join(CPU_INT4_PATHS)}")
     if hw.has_gpu or not info.is_w4a16:
         return None
+    if requested == "w4a8" and not hw.w4a8_kernel[0]:
+        raise UserError(f"--cpu-int4 w4a8 cannot run here: {hw.w4a8_kernel[1]}",
+                        "use --cpu-int4 w4a16 (or auto), or serve a GGUF variant with llama.cpp")
     if requested != "auto":
         return requested
-    return "w4a8" if hw.flag("avx512_vnni") or hw.flag("amx_tile") else "w4a16"
+    return "w4a8" if hw.w4a8_default else "w4a16"
 
 
 def cpu_agreement(hw: Hardware, path: str | None) -> tuple[bool, str]:

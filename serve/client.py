@@ -182,7 +182,7 @@ class ChatStats:
     tokens_per_s: float
     itl_s: list[float] = field(default_factory=list)  # gaps between choice chunks after TTFT's chunk
     finish_reason: str | None = None  # "stop", "length", ...
-    usage_reported: bool = True  # False: no usage sent; output_tokens = max_tokens if cut by length, else chunks
+    usage_reported: bool = True  # False: the server sent no usage; output_tokens counts text chunks
 
     @property
     def e2e_tokens_per_s(self) -> float:
@@ -288,9 +288,9 @@ def _stream(cl, base_url: str, model: str | None, messages: list[dict], *, max_t
         raise UserError(f"the server at {base_url} {what}", "it probably stopped or crashed: check its log")
     total = time.perf_counter() - t0
     ttft = (t_first - t0) if t_first is not None else total
-    # no usage (llama.cpp's server streams none): an answer cut by the length limit has exactly max_tokens tokens;
-    # otherwise count chunks (a chunk can hold two tokens whose bytes only together are UTF-8)
-    out = int(usage.completion_tokens) if usage else (max_tokens if finish == "length" else chunks)
+    # both engines stream the token usage; a server that sends none gets its text chunks counted (a lower bound: a
+    # chunk can hold two tokens whose bytes only together are UTF-8), and usage_reported says so
+    out = int(usage.completion_tokens) if usage else chunks
     prompt = int(usage.prompt_tokens) if usage else 0
     decode = total - ttft
     rate = (out - 1) / decode if out > 1 and decode > 0 else (out / total if total > 0 else 0.0)

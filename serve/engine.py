@@ -7,9 +7,11 @@ Rules (each with a one-line reason that serve prints and doctor shows):
   has no W4A16 kernel at all): the GGUF variant of the same family, when it exists locally — for a 4-bit request
   `<family>-gguf`, for the 16-bit base `<family>-gguf-bf16` (same precision, faster engine); for Qwen3-VL only a
   variant with its vision projector (`mmproj-*.gguf`), which llama.cpp's mtmd runs;
-- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, xllamacpp not installed). On AMX CPUs that is
-  measured, not assumed (reports/cpu-2026-12-03-amx, bench-text, 1 thread): vLLM W4A8 on AMX tiles 25.8 tok/s at
-  batch 1 and 72.0 at 4 users vs llama.cpp Q4_K_M 23.3 / 19.2; 16-bit vLLM 10.6 / 37.1 vs llama.cpp BF16 10.5 / 9.1;
+- vLLM everywhere else (GPUs, AMX CPUs, no GGUF variant, xllamacpp not installed).
+- every choice is measured at 1 and 4 users and the reason says the numbers (`MEASURED`, per `cpu_class`): on AMX
+  vLLM W4A8 wins both (reports/cpu-2026-12-03-amx); on AVX-512 without BF16 (no W4A8 kernel in vLLM's CPU build)
+  llama.cpp's batching server wins both (reports/cpu-2026-12-07-llamacpp-server); on AVX-512 BF16/VNNI CPUs llama.cpp
+  wins at 1 user and vLLM W4A8 won at 4 against the old one-request llama.cpp server (reports/cpu-2026-12-01);
 - an explicit `--engine` wins, or fails in one line when it cannot work (llamacpp without a GGUF variant, vllm for
   a .gguf).
 """
@@ -64,10 +66,37 @@ def llamacpp_installed() -> bool:
     return importlib.util.find_spec("xllamacpp") is not None
 
 
+# What decided `auto` on CPUs, measured at 1 and 4 concurrent users (output tok/s, 4-bit rows; README "Hardware").
+MEASURED = {
+    "avx512-no-w4a8": ("measured on an AVX-512 CPU without BF16 (reports/cpu-2026-12-07-llamacpp-server, 4B shape): "
+                       "llama.cpp Q4_K_M 2.99x vLLM bf16's decode at 1 user, and 2.41 vs 1.09 tok/s (vLLM AWQ, its "
+                       "best 4-bit here) at 4 users"),
+    "avx512-w4a8": ("measured on an AVX-512 BF16/VNNI CPU (reports/cpu-2026-12-01, 0.6B shape): llama.cpp Q4_K_M "
+                    "63.9 vs vLLM W4A8 53.8 tok/s at 1 user; at 4 users vLLM W4A8 batched to 119.5 tok/s (vs 47.0 "
+                    "for llama.cpp's old one-request server, not re-measured with its batching server): for many "
+                    "users try --engine vllm"),
+    "avx2": "vLLM has no W4A16 kernel on this CPU at all",
+    "amx": ("measured on an AMX CPU (reports/cpu-2026-12-03-amx): vLLM W4A8 25.8 vs llama.cpp Q4_K_M 23.3 tok/s at "
+            "1 user, 72.0 vs 19.2 at 4 users"),
+}
+
+
+def cpu_class(hw: Hardware) -> str:
+    """The CPU classes the engine rule tells apart."""
+    if hw.flag("amx_tile") and hw.w4a16_serving[0]:
+        return "amx"
+    if not hw.w4a16_serving[0]:
+        return "avx2"
+    return "avx512-w4a8" if hw.w4a8_default else "avx512-no-w4a8"
+
+
 def _cpu_why(hw: Hardware) -> str:
     if not hw.w4a16_serving[0]:
         return "this CPU has no AVX-512, so vLLM's CPU build has no W4A16 kernel"
-    return "this CPU has no AMX, so vLLM's CPU int4 path unpacks to bf16 and is compute-bound"
+    if not hw.w4a8_default:
+        return ("this CPU has no AMX and no W4A8 kernel in vLLM's CPU build, so vLLM's int4 path unpacks to bf16 and "
+                "is compute-bound")
+    return "this CPU has no AMX, so vLLM's W4A8 path is not measured faster than llama.cpp for one user"
 
 
 def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "auto", *,
@@ -113,13 +142,13 @@ def choose_engine(resolved: catalog.Resolved, hw: Hardware, requested: str = "au
     # auto
     if hw.has_gpu:
         return Choice("vllm", "GPU: vLLM (Marlin/Machete W4A16 kernels)")
-    if hw.flag("amx_tile") and hw.w4a16_serving[0]:
-        return Choice("vllm", "CPU with AMX: vLLM's W4A8 path runs on AMX tiles, measured faster than llama.cpp's "
-                              "Q4_K_M here (and it batches concurrent users)")
+    if cpu_class(hw) == "amx":
+        return Choice("vllm", "CPU with AMX: vLLM's W4A8 path runs on AMX tiles, " + MEASURED["amx"])
     why = _cpu_why(hw)
     if gguf is not None and ok:
         return Choice("llamacpp", f"{why}; llama.cpp serves the GGUF variant {gguf.name} instead "
-                                  f"({'16-bit' if bf16 else '4-bit'}, like '{name}')", str(gguf))
+                                  f"({'16-bit' if bf16 else '4-bit'}, like '{name}'; {MEASURED[cpu_class(hw)]})",
+                      str(gguf))
     if gguf is not None:
         return Choice("vllm", f"{why}, and a GGUF variant exists ({gguf.name}) but llama.cpp's server "
                               "(xllamacpp) is not installed: vLLM")
@@ -160,11 +189,11 @@ def doctor_rows(hw: Hardware) -> list[tuple[str, bool | None, str]]:
     rows: list[tuple[str, bool | None, str]] = [r for name in REGISTRY for r in get(name).doctor_rows(hw)]
     if hw.has_gpu:
         auto = "vLLM (GPU)"
-    elif hw.flag("amx_tile") and hw.w4a16_serving[0]:
-        auto = "vLLM (CPU with AMX)"
+    elif cpu_class(hw) == "amx":
+        auto = "vLLM (CPU with AMX; " + MEASURED["amx"] + ")"
     else:
-        auto = (f"llama.cpp when a GGUF variant exists locally ({_cpu_why(hw)}), else vLLM; "
-                "`python -m quantize --formats gguf` makes one")
+        auto = (f"llama.cpp when a GGUF variant exists locally ({_cpu_why(hw)}; {MEASURED[cpu_class(hw)]}), else "
+                "vLLM; `python -m quantize --formats gguf` makes one")
     rows.append(("engine auto", None, auto + " (VL: a GGUF variant with its vision projector, run by llama.cpp's mtmd)"
                                           if auto.startswith("llama.cpp") else auto))
     return rows

@@ -609,13 +609,13 @@ def _local(name: str, folder: Path, v, src: str | None = None) -> Subject:
 
 def four_bit_alternative(name: str, hw: Hardware) -> str | None:
     """The 4-bit variant of catalog model `name`'s family that this machine serves best, as measured
-    (README 'Hardware'): GPTQ where vLLM has a fast W4A16 path (a GPU, or a CPU with AVX-512 VNNI / AMX: its W4A8
-    kernel), the GGUF variant on llama.cpp on other CPUs. None for a name outside the catalog, or when `name` is
+    (README 'Hardware'): GPTQ where vLLM has a fast W4A16 path (a GPU, or a CPU where its CPU build has the W4A8
+    kernel: AVX-512 with BF16 and VNNI, or AMX), the GGUF variant on llama.cpp on other CPUs. None for a name outside the catalog, or when `name` is
     that variant already."""
     v = catalog.VARIANTS.get(name)
     if v is None:
         return None
-    fast_vllm = hw.has_gpu or (hw.w4a16_serving[0] and (hw.flag("avx512_vnni") or hw.flag("amx_tile")))
+    fast_vllm = hw.has_gpu or (hw.w4a16_serving[0] and hw.w4a8_default)
     fmt = "gptq" if fast_vllm else "gguf"
     if fmt == v.format.name:
         return None

@@ -51,9 +51,8 @@ class VllmEngine(Engine):
     def __init__(self, alias: str, location: str, modality: str, endpoint: str | None = None,
                  api_key: str | None = None, server_args: tuple[str, ...] = (), force: bool = False,
                  start_timeout_s: float = 900, request_timeout_s: float = 600, threads: int | None = None,
-                 cpu_int4: str | None = None, gguf_server: str | None = None):
+                 cpu_int4: str | None = None):
         super().__init__(alias, location, modality)
-        self.gguf_server = gguf_server  # the serve engine for a GGUF variant (None: llamacpp)
         self.threads = threads
         self.cpu_int4 = cpu_int4
         self.endpoint = normalize_endpoint(endpoint) if endpoint else None
@@ -66,7 +65,6 @@ class VllmEngine(Engine):
         self.base_url: str | None = None
         self.model: str | None = None
         self._pid: int | None = None
-        self._extra_body: dict = {}  # per-engine request fields (llama.cpp: logit_bias on its end tokens)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -88,19 +86,10 @@ class VllmEngine(Engine):
         name = self.alias if self.alias in catalog.VARIANTS else self.location
         t0 = time.perf_counter()
         if is_gguf(self.location):
-            eng = self.gguf_server or "llamacpp"
-            lp = serve.plan(name, eng, n_threads=self.threads)
+            lp = serve.plan(name, "llamacpp", n_threads=self.threads)
             self.server = serve.launch(lp, timeout_s=self.start_timeout_s, progress=False)
-            gf = gguf_file(Path(self.location))
-            self.info.update(server="llama.cpp" if eng == "llamacpp" else eng, gguf_file=gf.name,
-                             context=_argv_int(lp.argv, "--ctx-per-slot") or _argv_int(lp.argv, "--n_ctx"),
-                             slots=_argv_int(lp.argv, "--parallel") or 1)
-            if eng != "llamacpp":  # the old Python server: no ignore_eos, lengths forced by logit_bias
-                from quantize.gguf import end_token_ids
-
-                ends = end_token_ids(gf)
-                self._extra_body = {"logit_bias": {str(t): -100.0 for t in ends}}
-                self.info["forced_length"] = f"logit_bias -100 on end tokens {ends}"
+            self.info.update(server="llama.cpp", gguf_file=gguf_file(Path(self.location)).name,
+                             context=_argv_int(lp.argv, "--ctx-per-slot"), slots=_argv_int(lp.argv, "--parallel"))
             if self.threads:
                 self.info["threads"] = self.threads
         else:
@@ -161,8 +150,7 @@ class VllmEngine(Engine):
             stats = None
             for ev in stream_chat(self.base_url, self.model, self._messages(req), api_key=self.api_key,
                                   max_tokens=req.output_len, temperature=0.0, ignore_eos=True,
-                                  min_tokens=req.output_len, timeout=self.request_timeout_s,
-                                  extra_body=self._extra_body or None):
+                                  min_tokens=req.output_len, timeout=self.request_timeout_s):
                 if ev.done:
                     stats = ev.stats
             if stats is None:

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "vllm": "serve.engines.vllm",
     "llamacpp": "serve.engines.llamacpp",
-    "llamacpppython": "serve.engines.llamacpp_python",  # TEMPORARY: the old server, for one bench comparison
 }
 
 

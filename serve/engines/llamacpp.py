@@ -167,9 +167,29 @@ def plan(model: str, opts: ServeOptions, hw: Hardware) -> Launch:
 
 
 def preflight(lp: Launch) -> None:
-    """The port and llama.cpp's server (xllamacpp) in the engine's Python: one line each."""
+    """The port, the GGUF files and llama.cpp's server (xllamacpp) in the engine's Python: one line each."""
     process.check_port_free(lp.opts.host, lp.opts.port)
+    for f in (lp.info.file, lp.info.mmproj):
+        if f is not None:
+            check_gguf(f)
     check_engine(lp.argv[0])
+
+
+def check_gguf(path: Path) -> None:
+    """A GGUF file whose header reads and whose tensor data all lie inside the file (a copy cut short by a full
+    disk or an interrupted download fails here, in one line, not inside llama.cpp)."""
+    size = path.stat().st_size
+    try:
+        from gguf import GGUFReader
+
+        r = GGUFReader(str(path))
+        need = max((int(t.data_offset) + int(t.n_bytes) for t in r.tensors), default=0)
+    except Exception as e:  # noqa: BLE001 - any parse failure is "not a complete GGUF file"
+        raise UserError(f"{path.name} is not a readable GGUF file ({type(e).__name__}: {str(e)[:80]})",
+                        "re-create it with `python -m quantize --formats gguf`, or copy it again") from None
+    if need > size:
+        raise UserError(f"{path.name} is truncated: {size} of {need} bytes",
+                        "re-create it with `python -m quantize --formats gguf`, or copy it again")
 
 
 def check_engine(python: str) -> None:

@@ -437,6 +437,10 @@ def test_w4a16_greedy_agrees_with_transformers(fmt, path, artifact, server):
 
     alias = f"tiny-vl-{fmt}"
     artifact(alias)
+    if path == "w4a8" and not detect().w4a8_kernel[0]:  # e.g. AVX-512 VNNI without BF16: refused before start
+        r = run_mod("serve", "--model", alias, "--engine", "vllm", "--cpu-int4", "w4a8", "--dry-run")
+        assert_one_line_error(r, "--cpu-int4 w4a8 cannot run here", "no W4A8 kernel", "--cpu-int4 w4a16")
+        return
     auto = cpu_int4(model_info(catalog.resolve(alias)), detect())
     # the default server (test_w4a16_formats') where serve's own choice is this path, or AutoRound's single one
     srv = server(alias) if fmt == "autoround" or path == auto else server(alias, cpu_int4=path)

@@ -102,12 +102,13 @@ def test_a_cut_before_any_chunk_is_not_called_mid_answer(scripted):
     assert "accepted the request but sent no answer" in e.value.line()
 
 
-def test_without_usage_a_length_cut_answer_has_max_tokens(scripted):
-    # llama.cpp's server streams no usage, and one chunk can carry two tokens (bytes that are UTF-8 only together)
+def test_without_usage_the_text_chunks_are_counted_and_said(scripted):
+    # a server that streams no usage (both of this project's engines send it): the client counts text chunks, a lower
+    # bound (one chunk can carry two tokens whose bytes are UTF-8 only together), and says it did
     url = scripted([(0.0, _chunk({"role": "assistant", "content": ""})), (0.0, _chunk({"content": "é"})),
                     (0.0, _chunk({"content": "ab"}, finish="length")), (0.0, b"data: [DONE]\n\n")])
     text, st = chat(url, "m", [user_message("hi")], max_tokens=4, timeout=10)
-    assert text == "éab" and st.output_tokens == 4 and not st.usage_reported
+    assert text == "éab" and st.output_tokens == 2 and not st.usage_reported and st.finish_reason == "length"
     url = scripted([(0.0, _chunk({"role": "assistant", "content": ""})), (0.0, _chunk({"content": "ok"})),
                     (0.0, _chunk({"content": "."}, finish="stop")), (0.0, b"data: [DONE]\n\n")])
     _, st = chat(url, "m", [user_message("hi")], max_tokens=4, timeout=10)

@@ -154,7 +154,7 @@ def test_mapping_matrix(modality, fmt, hw_name):
 
 @pytest.mark.parametrize("hw,requested,path", [
     (CPU_AVX512, "auto", "w4a8"), (CPU_AMX, "auto", "w4a8"), (CPU_AVX512_NO_VNNI, "auto", "w4a16"),
-    (CPU_AVX512, "w4a16", "w4a16"), (CPU_AVX512_NO_VNNI, "w4a8", "w4a8"), (GPU1, "auto", None), (GPU1, "w4a8", None)])
+    (CPU_AVX512, "w4a16", "w4a16"), (CPU_AMX, "w4a16", "w4a16"), (GPU1, "auto", None), (GPU1, "w4a8", None)])
 def test_cpu_int4_path(hw, requested, path):
     assert cpu_int4(info("vl", "gptq"), hw, requested) == path
     assert cpu_int4(info("vl", "bf16"), hw, requested) is None  # 16-bit: nothing to choose
@@ -186,6 +186,20 @@ def test_cpu_int4_line_names_kernel_choice_and_exactness():
     assert "AutoRound's own CPU kernel" in cpu_int4_line(info("vl", "autoround"), CPU_AMX, "w4a8")
     assert cpu_int4_line(info("vl", "bf16"), CPU_AMX) is None and cpu_int4_line(info("vl", "gptq"), GPU1) is None
     assert "\n" not in amx
+
+
+def test_avx512_without_bf16_has_no_w4a8_kernel():
+    """vLLM 0.32 loads its full CPU library only with AVX512_BF16; an Ice Lake class CPU (AVX-512 VNNI, no BF16) gets
+    _C_AVX512, which lacks W4A8: auto takes wna16 there, an explicit w4a8 is refused in one line."""
+    ice = Hardware("Xeon (Ice Lake)", 2, ("avx2", "avx512f", "avx512_vnni", "avx512bw"), 23.5, 20.0, ())
+    assert not ice.w4a8_kernel[0] and "AVX512_BF16" in ice.w4a8_kernel[1] and not ice.w4a8_default
+    assert cpu_int4(info("vl", "gptq"), ice) == "w4a16" and "cpu_gemm_wna16" in ice.cpu_int4_path
+    with pytest.raises(UserError) as e:
+        cpu_int4(info("vl", "gptq"), ice, "w4a8")
+    assert "--cpu-int4 w4a8 cannot run here" in e.value.line() and "--cpu-int4 w4a16" in e.value.todo
+    _, env = vllm_command(info("vl", "gptq"), ice, ServeOptions(python="py"))
+    assert "QWEN_W4_CPU_INT4" not in env and env["VLLM_CPU_INT4_W4A8"] == "0"
+    assert CPU_AVX512.w4a8_kernel[0] and CPU_AVX512.w4a8_default and CPU_AMX.w4a8_default
 
 
 def test_cpu_int4_unknown_path():
