@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-tokens", type=int, default=32, help="max tokens of each greedy quality answer (default 32)")
     p.add_argument("--quality-prompts", type=int, default=len(QUALITY_PROMPTS),
                    help=f"how many of the {len(QUALITY_PROMPTS)} fixed quality prompts to ask (default all)")
+    p.add_argument("--quality", action="store_true",
+                   help="served quality: teacher-forced top-20 KL, top-1 agreement and perplexity of every variant vs "
+                        "its family's 16-bit model, through the served endpoint, text and image positions "
+                        "(bench/served_quality.py); runs the 16-bit models first")
     p.add_argument("--out", help="report folder (default reports/bench-<date-time>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--notes", help="a markdown file with findings, shown at the top of report.md")
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
     if args.cpu_int4 and args.engine != "vllm":
         raise UserError("--cpu-int4 picks vLLM's CPU kernels", "drop --cpu-int4, or use --engine vllm")
+    if args.quality and args.engine != "vllm":
+        raise UserError("--quality scores served endpoints (their logprobs)", "drop --quality, or use --engine vllm")
     if endpoints and args.engine != "vllm":
         raise UserError("--endpoint works with --engine vllm only", "drop --endpoint, or use --engine vllm")
     notes = _notes(args.notes)
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(models=models, engine=args.engine, endpoints=endpoints, api_key=args.api_key,
                         concurrency=conc, prompts=args.prompts, input_len=args.input_len, output_len=args.output_len,
                         image=args.image, quality_tokens=args.quality_tokens,
-                        quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)),
+                        quality_prompts=min(args.quality_prompts, len(QUALITY_PROMPTS)), served_quality=args.quality,
                         server_args=list(args.server_arg), force=args.force, seed=args.seed, compile=args.compile, backend=args.backend, threads=args.threads,
                         cpu_int4=_cpu_int4(args.cpu_int4), debug=args.debug)
     bar = None

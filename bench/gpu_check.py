@@ -287,6 +287,7 @@ def quantize_rtn(model, tokenizer, device: str, work: Path) -> tuple[Path, dict]
     found, timings = export.run_autoround(model, kw, ["autoround"], work / "export", work / "ar_work_space")
     wall = time.perf_counter() - t0
     folder = found["autoround"]
+    export.float32_to_16bit(folder, "bfloat16")  # AutoRound saves fp32 on CPUs without bf16: as quantize does
     if not (folder / "tokenizer.json").is_file():
         tokenizer.save_pretrained(folder)
     shown = {k: v for k, v in kw.items() if k not in ("tokenizer", "dataset")}

@@ -81,6 +81,16 @@ def make_plots(report: dict, out_dir: Path, memory: tuple[str, str]) -> list[str
     _grouped_bars(plt, out_dir / "memory.png", [v["alias"] for v in vs],
                   [(name, [(fn(v) or 0) / GB for v in vs]) for name, fn in series], "GB", "memory", "{:.2f}")
     written.append("memory.png")
+
+    # 4. served quality: KL(16-bit || variant) per variant, text and image positions (bench/served_quality.py)
+    kl_rows = [r for r in report["derived"]["rows"] if r.get("kl_text") is not None or r.get("kl_image") is not None]
+    if kl_rows:
+        series = [(f"{split} positions", [r.get(f"kl_{split}") or 0 for r in kl_rows]) for split in ("text", "image")
+                  if any(r.get(f"kl_{split}") is not None for r in kl_rows)]
+        _grouped_bars(plt, out_dir / "quality.png", [r["alias"] for r in kl_rows], series,
+                      "mean KL(16-bit || variant), nats", "served quality: teacher-forced KL vs the 16-bit model",
+                      "{:.3g}")
+        written.append("quality.png")
     return written
 
 

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from bench import served_quality
 from bench.metrics import ratio
 from bench.roofline import roofline
 from core.artifact import atomic_folder
@@ -99,7 +100,12 @@ def derive(report: dict) -> dict:
                  None)
     for r in rows:
         r["predicted_x_base"] = ratio(r["predicted_tok_s"], pbase)
-    return {"baseline": base_alias, "top_concurrency": top, "rows": rows}
+    sq = served_quality.results(report) if report.get("served_quality") else {}
+    for r in rows:  # the served quality beside the speed: "x tok/s at y KL"
+        summ = (sq.get(r["alias"]) or {}).get("summary") or {}
+        for split in served_quality.SPLITS:
+            r[f"kl_{split}"] = (summ.get(split) or {}).get("kl_mean")
+    return {"baseline": base_alias, "top_concurrency": top, "rows": rows, "served_quality": sq}
 
 
 # ---------------------------------------------------------------- markdown
@@ -147,8 +153,10 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
     top = d["top_concurrency"]
     mem_key, mem_head = memory_column(report)
     pred = any(r.get("predicted_tok_s") is not None for r in d["rows"])
+    kl = bool(d.get("served_quality"))
     head = ["variant", "status", "engine", "threads", "weights on disk GB", "bytes read/token GB", mem_head,
-            "bs1 decode tok/s", *(["predicted bs1 tok/s", "predicted x base"] if pred else []),
+            "bs1 decode tok/s", *(["KL vs 16-bit, text / image"] if kl else []),
+            *(["predicted bs1 tok/s", "predicted x base"] if pred else []),
             "% of BW limit", f"c={top} out tok/s", "TTFT ms (bs1)", "TPOT ms (bs1)",
             "decode x base", f"c={top} x base", "weights x base", "memory x base"]
     rows = []
@@ -156,19 +164,62 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
         p = [_f(r.get("predicted_tok_s")), _x(r.get("predicted_x_base"))] if pred else []
         if r["status"] == "predicted":
             rows.append([r["alias"], "predicted", r.get("server") or "–", "–", _gb(r["weights_disk_bytes"]),
-                         _gb(r["bytes_per_token"]), "–", "–", *p, *["–"] * 8])
+                         _gb(r["bytes_per_token"]), "–", "–", *(["–"] if kl else []), *p, *["–"] * 8])
             continue
         if r["status"] != "ok":
             rows.append([r["alias"], "**failed**", *["–"] * (len(head) - 2)])
             continue
         xb = r.get("x_baseline") or {}
         mem, memx = r[mem_key], xb.get(mem_key)
+        k = [_kl(r.get("kl_text")) + ("" if r.get("kl_image") is None else f" / {_kl(r['kl_image'])}")] if kl else []
         rows.append([r["alias"], "ok", r.get("server") or "–", r.get("threads") or "–", _gb(r["weights_disk_bytes"]), _gb(r["bytes_per_token"]), _gb(mem),
-                     _f(r["decode_tok_s_bs1"]), *p, _f(r["roofline"]["pct_of_limit"], 0, "%"),
+                     _f(r["decode_tok_s_bs1"]), *k, *p, _f(r["roofline"]["pct_of_limit"], 0, "%"),
                      _f(r["output_tok_s_top"]), _f(r["ttft_ms_bs1"], 0), _f(r["tpot_ms_bs1"], 1),
                      _x(xb.get("decode_tok_s_bs1")), _x(xb.get("output_tok_s_top")),
                      _x(xb.get("weights_disk_bytes")), _x(memx)])
     return _table(head, rows)
+
+
+def _kl(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def served_quality_section(report: dict, d: dict) -> list[str]:
+    """The teacher-forced table (bench/served_quality.py): per variant and split KL mean / p95, top-1, perplexity;
+    one line per variant or prompt that could not be scored."""
+    sq, meta = d.get("served_quality") or {}, report.get("served_quality") or {}
+    if not meta:
+        return []
+    L = ["## Served quality: teacher-forced vs the 16-bit model", "",
+         (f"Each variant's next-token top-{meta.get('k')} log-probabilities, through its served endpoint, at every "
+          f"position of its family's 16-bit model's own greedy continuation ({meta.get('new_tokens')} tokens) of the "
+          "fixed prompts, conditioned on prompt + reference prefix. KL(16-bit || variant) in nats over top-k, tail "
+          f"rule: {meta.get('tail_rule')}. top-1 = the variant's most likely token is the 16-bit model's; ppl = the "
+          "variant's perplexity of the reference continuation (≥: the reference token was outside llama.cpp's "
+          f"top {meta.get('llamacpp_logprobs')} at some positions, its tail mass bounds it)."), ""]
+    head = ["variant", "baseline", "engine"]
+    for split in served_quality.SPLITS:
+        head += [f"{split} positions", f"{split} KL mean", f"{split} KL p95", f"{split} top-1", f"{split} ppl"]
+    rows, notes = [], []
+    for alias, r in sq.items():
+        if r.get("reason"):
+            notes.append(f"- {alias}: not scored: {r['reason']}")
+            continue
+        row = [alias, r["baseline"], r.get("kind") or "–"]
+        for split in served_quality.SPLITS:
+            m = (r.get("summary") or {}).get(split)
+            if m is None:
+                why = (r.get("errors") or {}).get(split)
+                row += ["–", "n/a" if why else "–", "–", "–", "–"]
+                if why:
+                    notes.append(f"- {alias}, {split}: not available: {why}")
+                continue
+            ppl = ("≥" if m["ref_bounded"] else "") + _f(m["ppl"], 2)
+            row += [m["positions"], _kl(m["kl_mean"]), _kl(m["kl_p95"]), _f(100 * m["top1"], 1, "%"), ppl]
+        rows.append(row)
+    L += _table(head, rows) + [""]
+    L += [f"- {x}" for x in meta.get("problems") or []]
+    return L + notes + [""]
 
 
 def predicted_section(report: dict) -> list[str]:
@@ -267,6 +318,7 @@ def render_md(report: dict) -> str:
         L.append("")
     if any(v.get("status") == "ok" for v in report.get("variants", [])):
         L += _measured_sections(report, d)
+    L += served_quality_section(report, d)
     # quality
     q = report.get("quality") or {}
     if q:

@@ -48,6 +48,7 @@ class Settings:
     cpu_int4: list[str] = field(default_factory=list)  # vLLM CPU int4 paths to measure each W4A16 variant with
     seed: int | None = None  # where prompts start in the local text (None: random per run)
     debug: bool = False
+    served_quality: bool = False  # --quality: teacher-forced KL etc. vs the family's 16-bit model (bench/served_quality)
 
     def requests_per_level(self, c: int) -> int:
         return max(self.prompts, c)
@@ -139,6 +140,8 @@ class Runner:
         self.bar = bar
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.image = None
+        self.variants: list[dict] = []  # the records so far (served quality picks each one's baseline among them)
+        self.references: dict[str, list[dict]] = {}  # 16-bit alias -> its reference continuations
         if settings.seed is None:
             settings.seed = random.randrange(1_000_000)
 
@@ -192,6 +195,8 @@ class Runner:
         started = time.time()
         env = environment(self.argv if "--seed" in self.argv else [*self.argv, "--seed", str(s.seed)])
         plan = self.plan()
+        if s.served_quality:  # each family's 16-bit model first: its continuations are the others' reference
+            plan.sort(key=lambda e: not e["is_16bit"])
         if self.bar is not None:
             self.bar.total = sum(self.steps(e) for e in plan)
             self.bar.refresh()
@@ -199,7 +204,7 @@ class Runner:
         self._status("measuring memory bandwidth")
         bw = self._bandwidth(hw)
         self.image = workload.load_image(s.image) if any(e["modality"] == "vl" for e in plan) else None
-        variants = []
+        variants = self.variants
         for entry in plan:
             variants.append(self.variant(entry))
         self._status("measuring memory bandwidth again")
@@ -223,6 +228,8 @@ class Runner:
         if hasattr(os, "getloadavg"):
             report["environment"]["load_average_end"] = list(os.getloadavg())
         self._quality(report, plan)
+        if s.served_quality:
+            report["served_quality"] = self._served_quality_summary()
         return report
 
     def _bandwidth(self, hw) -> dict:
@@ -321,6 +328,14 @@ class Runner:
                     rec["answers"].append(engine.answer(p, s.quality_tokens))
                     done += 1
                     self._advance()
+                if s.served_quality:
+                    self._status(f"{alias}: served quality (teacher-forced)")
+                    try:
+                        rec["served_quality"] = self._served_quality(entry, rec, engine, tok)
+                    except Exception as e:  # noqa: BLE001 - a scoring failure is this variant's reason, not its end
+                        if s.debug:
+                            traceback.print_exc()
+                        rec["served_quality"] = {"reason": one_line(f"{type(e).__name__}: {e}")}
             rec["memory"] = {"rss_after_start_bytes": rss.first, "rss_peak_bytes": rss.peak,
                              "rss_samples": rss.samples, "device_peak_bytes": engine.device_peak_bytes()}
             if dev:
@@ -348,6 +363,45 @@ class Runner:
             self._advance(max(0, budget - done))
             self.log(f"[bench] {alias}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else ""))
         return rec
+
+    def _served_quality(self, entry: dict, rec: dict, engine, tok) -> dict:
+        """This variant's teacher-forced scores on its baseline's reference (bench/served_quality.py). The first 16-bit
+        model of a family that runs makes the reference (its own greedy continuations) and is scored on it too."""
+        from bench import served_quality as sq
+        from bench.report import baseline_of
+
+        if tok is None:
+            return {"reason": "no tokenizer beside the model: its prompts cannot be rendered as token ids"}
+        server = engine.info.get("server")
+        kind = {"vLLM": "vllm", "llama.cpp": "llama.cpp"}.get(server) or sq.detect_kind(engine.base_url, engine.api_key)
+        scorer = sq.Scorer(engine.base_url, engine.model, kind, engine.api_key, engine.info.get("context"))
+        base = baseline_of({"variants": self.variants}, rec["family"])
+        base_rec = next((v for v in self.variants if v["alias"] == base), None)
+        if rec["is_16bit"] and (base is None or (rec["family"] and base_rec.get("family") != rec["family"])):
+            self.references[rec["alias"]] = sq.references(scorer, entry["modality"], tok, self.image)
+            base = rec["alias"]
+        if base is None:
+            return {"reason": "no 16-bit model of its family ran: nothing to compare with (add it to --models)"}
+        refs = self.references.get(base)
+        if refs is None:
+            return {"baseline": base, "reason": f"its baseline {base} made no reference"}
+        out = sq.score_variant(scorer, refs, tok, self.image)
+        out["baseline"] = base
+        if not out["positions"]:
+            out["reason"] = "; ".join(f"{k}: {v}" for k, v in out["errors"].items()) or "no position could be scored"
+        return out
+
+    def _served_quality_summary(self) -> dict:
+        from bench import served_quality as sq
+
+        problems = []
+        if not any(v.get("is_16bit") and v["status"] == "ok" for v in self.variants):
+            problems.append("no 16-bit model ran among --models: served quality has no baseline to compare with "
+                            "(add the family's 16-bit model, e.g. --models tiny-text,tiny-text-gptq)")
+        for base, refs in self.references.items():
+            problems += [f"{base}: prompt {r['prompt']}: {r['error']}" for r in refs if r.get("error")]
+        return {"k": sq.K, "new_tokens": sq.NEW_TOKENS, "llamacpp_logprobs": sq.LLAMACPP_LOGPROBS,
+                "tail_rule": sq.TAIL_RULE, "references": self.references, "problems": problems}
 
     def _planned(self, entry: dict, info: dict, rss_peak: int | None) -> dict:
         """What `python -m serve --plan` predicts for this server (its context, KV space, the top concurrency),

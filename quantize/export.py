@@ -216,7 +216,7 @@ def complete(folder: Path, base_dir: Path | None, base_dtype: str = "bfloat16") 
                     and not (folder / f.name).exists():
                 shutil.copy2(f, folder / f.name)
                 changed.append(f"copied {f.name}")
-    changed += _float32_to_16bit(folder, base_dtype)
+    changed += float32_to_16bit(folder, base_dtype)
     for f in [folder, *folder.rglob("*")]:
         f.chmod(0o755 if f.is_dir() else 0o644)
     return changed
@@ -242,7 +242,7 @@ def annotate_module_lists(folder: Path, block_prefix: str, linear_names: list[st
     return changed
 
 
-def _float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
+def float32_to_16bit(folder: Path, base_dtype: str) -> list[str]:
     """AutoRound keeps the model in float32 while tuning on CPUs without bf16 and saves its 16-bit tensors so;
     store them in the base's dtype again (halves the size; the values came from a bf16 checkpoint)."""
     import torch

@@ -221,7 +221,7 @@ def cpu_int4(info: ModelInfo, hw: Hardware, requested: str = "auto") -> str | No
     return "w4a8" if hw.w4a8_default else "w4a16"
 
 
-def cpu_agreement(hw: Hardware, path: str | None) -> tuple[bool, str]:
+def cpu_agreement(hw: Hardware, path: str | None, fmt: str | None = None) -> tuple[bool, str]:
     """Whether vLLM's greedy tokens on this CPU equal transformers' on the same checkpoint (exact), and why not.
     `path` is `cpu_int4(...)` (None: a 16-bit model). Measured (tests/e2e/test_serve.py checks both halves):
     exact on AVX2 / AVX-512 CPUs without AMX for bf16 and the wna16 path; on AMX CPUs vLLM's own GEMMs run on AMX
@@ -230,6 +230,9 @@ def cpu_agreement(hw: Hardware, path: str | None) -> tuple[bool, str]:
     logprob margin instead. W4A8 quantizes activations to int8 per token: a larger margin everywhere."""
     if hw.has_gpu:
         return False, "GPU kernels (Marlin/Machete, FlashAttention) sum in another order than transformers"
+    if fmt == "autoround" and not hw.flag("avx512_bf16"):
+        return False, ("AutoRound's CPU kernel (vLLM's inc path) is not bit-exact with its transformers reload on CPUs "
+                       "without AVX512_BF16 (measured 2026-12-07: greedy tokens of tiny-vl part at position 6)")
     if path == "w4a8":
         return False, "W4A8 quantizes activations to int8 per token (int4_scaled_mm_cpu)"
     if hw.flag("amx_tile"):

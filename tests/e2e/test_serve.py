@@ -219,10 +219,10 @@ def real_cpu():
     return dataclasses.replace(detect(), cpu_flags=tuple(f for f in CPU_FLAGS if f in _cpuinfo()[1]))
 
 
-def assert_agrees(a: dict, path: str) -> None:
+def assert_agrees(a: dict, path: str, fmt: str | None = None) -> None:
     from serve.args import cpu_agreement
 
-    exact, why = cpu_agreement(real_cpu(), None if path == "bf16" else path)
+    exact, why = cpu_agreement(real_cpu(), None if path == "bf16" else path, fmt)
     print(f"[agreement {path}] exact={exact} equal={a['served'] == a['reference']} "
           f"max margin {max(a['margin']):.4f} max |dlogprob| {max(a['logprob_diff']):.4f} ({why})")
     if exact:
@@ -447,4 +447,4 @@ def test_w4a16_greedy_agrees_with_transformers(fmt, path, artifact, server):
     proc = AutoProcessor.from_pretrained(artifact(alias))
     model, _ = load_export(artifact(alias), fmt, "vl", "cpu", base_dir=artifact("tiny-vl"))
     a = agreement(srv, model, proc, Image.new("RGB", (96, 64), (220, 30, 30)))
-    assert_agrees(a, "w4a16" if fmt == "autoround" else path)
+    assert_agrees(a, "w4a16" if fmt == "autoround" else path, fmt)
