@@ -217,6 +217,7 @@ def served_quality_section(report: dict, d: dict) -> list[str]:
             ppl = ("≥" if m["ref_bounded"] else "") + _f(m["ppl"], 2)
             row += [m["positions"], _kl(m["kl_mean"]), _kl(m["kl_p95"]), _f(100 * m["top1"], 1, "%"), ppl]
         rows.append(row)
+        notes += [f"- {alias}: {n}" for n in r.get("notes") or []]
     L += _table(head, rows) + [""]
     L += [f"- {x}" for x in meta.get("problems") or []]
     return L + notes + [""]

@@ -374,7 +374,8 @@ class Runner:
             return {"reason": "no tokenizer beside the model: its prompts cannot be rendered as token ids"}
         server = engine.info.get("server")
         kind = {"vLLM": "vllm", "llama.cpp": "llama.cpp"}.get(server) or sq.detect_kind(engine.base_url, engine.api_key)
-        scorer = sq.Scorer(engine.base_url, engine.model, kind, engine.api_key, engine.info.get("context"))
+        scorer = sq.Scorer(engine.base_url, engine.model, kind, engine.api_key, engine.info.get("context"),
+                           chat_prefill=entry["modality"] == "vl")
         base = baseline_of({"variants": self.variants}, rec["family"])
         base_rec = next((v for v in self.variants if v["alias"] == base), None)
         if rec["is_16bit"] and (base is None or (rec["family"] and base_rec.get("family") != rec["family"])):

@@ -14,8 +14,9 @@ prompt + reference prefix; the 16-bit model is scored the same way (its own posi
   limited by its `--max-logprobs` (20 by default): K = 20.
 - llama.cpp has no prompt logprobs: one 1-token request per position, `logprobs: KK` (KK = `LLAMACPP_LOGPROBS`,
   more than K so that the reference token's log-probability is usually among them; the KL uses the top K only).
-  Text: `/v1/completions` with the token-id prompt (its prompt cache keeps the prefix). Images: the chat endpoint
-  with the reference prefix (decoded text) as a final assistant message, which llama.cpp continues (prefill).
+  Text: `/v1/completions` with the token-id prompt (its prompt cache keeps the prefix). Images, and every prompt of
+  a server with a vision projector (it refuses token-id prompts: HTTP 400): the chat endpoint with the reference
+  prefix (decoded text) as a final assistant message, which llama.cpp continues (prefill).
 
 Measures, per variant, over the positions both it and the 16-bit model have, split into text-only and
 image-conditioned positions (prompts with a picture):
@@ -206,9 +207,12 @@ class Scorer:
     """One live endpoint: generates the reference (16-bit model) and scores reference positions."""
 
     def __init__(self, base_url: str, model: str, kind: str, api_key: str | None = None, context: int | None = None,
-                 k: int = K, timeout: float = 600.0):
+                 k: int = K, timeout: float = 600.0, chat_prefill: bool = False):
+        """`chat_prefill`: llama.cpp only, score text prompts through the chat endpoint too (a server with a vision
+        projector refuses token-id prompts)."""
         self.base_url, self.model, self.kind, self.api_key = base_url, model, kind, api_key
         self.context, self.k, self.timeout = context, k, timeout
+        self.chat_prefill = chat_prefill and kind == "llama.cpp"
 
     def _post(self, path: str, body: dict) -> dict:
         return post(self.base_url, path, {"model": self.model, "temperature": 0.0, **body}, self.api_key,
@@ -289,8 +293,8 @@ class Scorer:
         ask = max(self.k, LLAMACPP_LOGPROBS)
         out = []
         for j, tok in enumerate(ref["ids"]):
-            if ref["image"]:
-                msgs = [_image_message(ref["text"], image)]
+            if ref["image"] or self.chat_prefill:
+                msgs = [_image_message(ref["text"], image) if ref["image"] else {"role": "user", "content": ref["text"]}]
                 if j:
                     msgs.append({"role": "assistant",
                                  "content": tokenizer.decode(ref["ids"][:j], skip_special_tokens=False)})
@@ -316,7 +320,10 @@ def references(scorer: Scorer, modality: str, tokenizer, image, n: int = NEW_TOK
 def score_variant(scorer: Scorer, refs: list[dict], tokenizer, image) -> dict:
     """{"kind", "k", "positions": [...], "errors": {split: reason}}: every scorable reference, per split the first
     reason a prompt of that split could not be scored (the rest of the variant still is)."""
-    rec = {"kind": scorer.kind, "k": scorer.k, "positions": [], "errors": {}}
+    rec = {"kind": scorer.kind, "k": scorer.k, "positions": [], "errors": {}, "notes": []}
+    if scorer.chat_prefill:
+        rec["notes"].append("text positions through the chat endpoint with the reference prefix as an assistant "
+                            "prefill (llama.cpp with a vision projector refuses token-id prompts)")
     for ref in refs:
         if ref.get("error"):
             continue
@@ -359,6 +366,7 @@ def results(report: dict) -> dict:
             continue
         k = min(int(rec.get("k") or K), int(brec.get("k") or K))
         out[v["alias"]] = {"baseline": base, "kind": rec.get("kind"), "errors": rec.get("errors") or {},
+                           "notes": rec.get("notes") or [],
                            "summary": summarize(load_positions(brec), load_positions(rec), k),
                            "reference_errors": [r["error"] for r in (sq.get("references") or {}).get(base, [])
                                                 if r.get("error")]}

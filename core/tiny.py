@@ -4,7 +4,8 @@
   that renders image parts as `<|vision_start|><|image_pad|><|vision_end|>`;
 - `tiny-text`: Qwen3ForCausalLM (hidden 256), briefly trained on chat-formatted local text so that
   quantization error is measurable and answers end with <|im_end|>;
-- `tiny-vl`: Qwen3VLForConditionalGeneration with a real Qwen3VLProcessor (random weights);
+- `tiny-vl`: Qwen3VLForConditionalGeneration with a real Qwen3VLProcessor, briefly trained on the same text and on
+  synthetic pictures with questions about them (core/tiny_scenes.py), so that its answers depend on the picture;
 - `bench-text`: the Qwen3-0.6B shape with random weights, memory-bound on a CPU, for benchmarks;
 - `shape-text` / `shape-vl`: the exact Qwen3-4B-Instruct-2507 / Qwen3-VL-8B-Instruct shapes (core/shapes.py),
   random weights written shard by shard (8.0 / 17.5 GB of disk, ~64 MB of RAM), this tokenizer and processor.
@@ -217,6 +218,64 @@ def train_text(model, tokenizer, docs: list[str], steps: int, seq: int = 128, ba
             "tokens_seen": step * batch * seq}
 
 
+VL_TRAIN_STEPS = int(os.environ.get("QWEN_W4_TINY_VL_TRAIN_STEPS", "600"))  # a quarter text; ~150 s on 2 cores
+
+
+def _image_batch(processor, triples) -> dict:
+    """Model inputs with labels for (picture, question, answer) triples: every token is a target except padding and
+    the picture's own placeholder tokens."""
+    ids = _ids(processor.tokenizer)
+    texts = [processor.apply_chat_template([
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]},
+        {"role": "assistant", "content": a}], tokenize=False) for _, q, a in triples]
+    enc = processor(text=texts, images=[img for img, _, _ in triples], padding=True, return_tensors="pt")
+    labels = enc["input_ids"].clone()
+    labels[(labels == ids["pad"]) | (labels == ids["image"]) | (enc["attention_mask"] == 0)] = -100
+    return {**enc, "labels": labels}
+
+
+def train_vl(model, processor, docs: list[str], steps: int, seq: int = 128, batch: int = 8) -> dict:
+    """The tiny VL's short, deterministic run (CPU): every fourth step is chat-formatted local text (as
+    train_text), the others synthetic pictures with questions about them (core/tiny_scenes), so that answers depend on the
+    picture. The vision tower is trained too."""
+    import random
+
+    import torch
+
+    from core import tiny_scenes
+
+    torch.manual_seed(SEED)
+    tokenizer = processor.tokenizer
+    ids: list[int] = []
+    for chat in chat_samples(docs):
+        ids += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
+    data = torch.tensor(ids, dtype=torch.long)
+    n = (len(data) - 1) // seq
+    rng, g = random.Random(SEED), torch.Generator().manual_seed(SEED)
+    model.float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    t0, losses = time.time(), {"text": [], "image": []}
+    for step in range(1, steps + 1):
+        if step % 4 == 1:
+            rows = torch.randint(0, n, (batch,), generator=g) * seq
+            x = torch.stack([data[r:r + seq + 1] for r in rows])
+            inputs, kind = {"input_ids": x, "labels": x}, "text"
+        else:
+            inputs, kind = _image_batch(processor, tiny_scenes.samples(rng, batch)), "image"
+        loss = model(**inputs).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses[kind].append(float(loss.detach()))
+    model.eval()
+    return {"steps": steps, "seconds": round(time.time() - t0, 1),
+            **{f"{k}_first_loss": v[0] for k, v in losses.items() if v},
+            **{f"{k}_final_loss": sum(v[-5:]) / len(v[-5:]) for k, v in losses.items() if v}}
+
+
 def _save_common(out: Path, tokenizer, meta: dict) -> None:
     tokenizer.save_pretrained(out)
     _generation_config(tokenizer).save_pretrained(out)
@@ -258,13 +317,14 @@ def _build_vl(out: Path, tokenizer, docs) -> dict:
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    model = Qwen3VLForConditionalGeneration(vl_config(tokenizer)).to(torch.bfloat16)
-    _silence_special_logits(model, tokenizer)
-    model.save_pretrained(out)
+    model = Qwen3VLForConditionalGeneration(vl_config(tokenizer))
     processor = build_processor(tokenizer)
+    _log(f"training tiny-vl for {VL_TRAIN_STEPS} steps on local text and synthetic pictures")
+    stats = train_vl(model, processor, docs, VL_TRAIN_STEPS)
+    model.to(torch.bfloat16).save_pretrained(out)
     processor.save_pretrained(out)
     processor.image_processor.save_pretrained(out)  # preprocessor_config.json, for older readers
-    return {"params": sum(p.numel() for p in model.parameters()), "training": None}
+    return {"params": sum(p.numel() for p in model.parameters()), "training": stats}
 
 
 def _build_bench(out: Path, tokenizer, docs) -> dict:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--device-map", "--device_map", "--devices", dest="device_map",
                    help="AutoRound's device map for multi-GPU tuning, passed through (e.g. 0,1,2 or auto)")
     o.add_argument("--no-verify", dest="verify", action="store_false", help="skip the reload/KL check (not advised)")
+    o.add_argument("--verify-served", action="store_true",
+                   help="also serve the base and each export as `serve` would here (vLLM; one start-up each) and "
+                        "put their teacher-forced KL / top-1 through the endpoint in the model card")
     o.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", metavar="ORG/NAME",
                    help="upload the artifacts (several formats: ORG/NAME-<FORMAT>)")
     o.add_argument("--json", action="store_true", help="print {format: folder} and the verify numbers as JSON")

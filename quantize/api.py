@@ -302,6 +302,13 @@ def _safetensors(opts: QuantizeOptions, resolved: catalog.Resolved, cfg: dict | 
             raise UserError(f"verify failed: {rep.problems[0]}",
                             "nothing was written; re-run with --debug for details", exit_code=4)
         ver = rep.as_dict()
+    served = None
+    if opts.verify_served:
+        from quantize import served_check
+
+        log("verify-served: serving the base and every export as `serve` would here, scoring through the endpoint")
+        verify.release_memory()
+        served = served_check.run(base_dir, staged, modality, log=log)
 
     base_bytes = export.folder_bytes(base_dir)
     base_id = resolved.variant.family.base_hub_id if resolved.variant and resolved.variant.family.base_hub_id \
@@ -321,7 +328,7 @@ def _safetensors(opts: QuantizeOptions, resolved: catalog.Resolved, cfg: dict | 
             "calibration": cal.card_dict(), "layout": lay.as_dict(),
             "sizes": {"artifact_bytes": art_bytes, "base_bytes": base_bytes,
                       "ratio": round(art_bytes / base_bytes, 3) if base_bytes else None},
-            "lint": lint_results[f], "verify": ver, "versions": _versions(), "timings": timings,
+            "lint": lint_results[f], "verify": ver, "served": served, "versions": _versions(), "timings": timings,
             "path": str(dests[f]), "hub_id": push.get(f), "max_model_len": max_len, "command": opts.command,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from core.formats import FORMATS
+from quantize import served_check
 
 LICENSE = "apache-2.0"
 
@@ -121,6 +122,7 @@ def render(report: dict) -> str:
                      ", ".join(f"{k} KL {v:.1e}" for k, v in ver["cross_format_kl"].items()) + "."]
     else:
         body.append("Not verified (`--no-verify`).")
+    body += served_check.card_lines(report.get("served"), fmt)
     lint = report.get("lint") or []
     body += [
         "",
@@ -251,7 +253,8 @@ def render_gguf(report: dict) -> str:
     if r and not r.get("error"):
         rtn = (ver.get("results") or {}).get("rtn") or {}
         body += [
-            f"llama.cpp's next-token distributions at {r['positions']} greedy positions of the 16-bit base "
+            f"Served numbers: llama.cpp's own server (the one `python -m serve` runs for GGUF) returned its "
+            f"next-token distributions at {r['positions']} greedy positions of the 16-bit base "
             + ("on text prompts (the language model)" if mm else f"on {ver['prompts']} held-out prompts")
             + ", teacher-forced, compared with the base in transformers:",
             "",

@@ -16,7 +16,8 @@ DEFAULT_FORMATS = ("autoround", "gptq", "awq")
 GGUF_TYPES = ("q4_k_m", "q4_0", "bf16")
 DEFAULT_GGUF_TYPE = "q4_k_m"
 # `quantize(...)` keyword -> what it sets (the CLI flags spell them with dashes)
-KEYWORDS = (*recipes.OVERRIDABLE, "dataset", "output", "overwrite", "device", "device_map", "verify", "push_to_hub",
+KEYWORDS = (*recipes.OVERRIDABLE, "dataset", "output", "overwrite", "device", "device_map", "verify", "verify_served",
+            "push_to_hub",
             "debug", "command", "gguf_type", "asym", "bits", "group_size", "scheme")
 
 
@@ -61,6 +62,7 @@ class QuantizeOptions:
     device: str = "auto"  # cpu, cuda or auto (resolved when the run starts)
     device_map: str | None = None  # AutoRound's, passed through
     verify: bool = True
+    verify_served: bool = False  # also serve base and exports and score them through the endpoint (quantize/served_check)
     push_to_hub: str | None = None  # org/name (several formats: org/name-<FORMAT>)
     debug: bool = False
     command: str = field(default="", compare=False)  # the command line, for the model card
@@ -104,7 +106,8 @@ class QuantizeOptions:
         return cls(model=str(model), formats=tuple(fmts), recipe=rec, gguf_type=gguf_type, dataset=dataset,
                    output=Path(output).expanduser().resolve() if output else None,
                    overwrite=bool(ov.pop("overwrite", False)), device=ov.pop("device", None) or "auto",
-                   device_map=ov.pop("device_map", None), verify=bool(ov.pop("verify", True)), push_to_hub=push,
+                   device_map=ov.pop("device_map", None), verify=bool(ov.pop("verify", True)),
+                   verify_served=bool(ov.pop("verify_served", False)), push_to_hub=push,
                    debug=bool(ov.pop("debug", False)), command=command)
 
     @classmethod
@@ -114,6 +117,7 @@ class QuantizeOptions:
             args.model, args.formats, args.recipe, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
             batch_size=args.batch_size, lr=args.lr, dataset=args.dataset, output=args.output,
             overwrite=args.overwrite, device=args.device, device_map=args.device_map, verify=args.verify,
+            verify_served=args.verify_served,
             push_to_hub=args.push_to_hub, asym=args.asym, bits=args.bits, group_size=args.group_size,
             scheme=args.scheme, debug=args.debug, gguf_type=args.gguf_type, command=command)
 
