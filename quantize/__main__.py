@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-verify", dest="verify", action="store_false", help="skip the reload/KL check (not advised)")
     o.add_argument("--verify-served", action="store_true",
                    help="also serve the base and each export as `serve` would here (vLLM; one start-up each) and "
-                        "put their teacher-forced KL / top-1 through the endpoint in the model card")
+                        "put their teacher-forced KL / top-1 through the endpoint in the model card (GGUF: verify already "
+                        "scores it on llama.cpp's server)")
     o.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", metavar="ORG/NAME",
                    help="upload the artifacts (several formats: ORG/NAME-<FORMAT>)")
     o.add_argument("--json", action="store_true", help="print {format: folder} and the verify numbers as JSON")

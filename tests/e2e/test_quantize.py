@@ -109,6 +109,31 @@ def test_rtn_with_a_local_dataset_to_compressed_tensors(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-text-ct"]
 
 
+def test_verify_served_puts_the_served_numbers_in_the_card(tmp_path):
+    """--verify-served serves the base and the export as `serve` would here (two vLLM start-ups) and scores them
+    through the endpoint: the export's served KL is small but not zero (4-bit rounding), the same order as
+    transformers' verify of the same artifact, and the card shows the row."""
+    r = subprocess.run([sys.executable, "-m", "quantize", "--model", "tiny-text", "--formats", "gptq", "--recipe", "rtn",
+                        "--verify-served", "--output", str(tmp_path)], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=1200, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "tiny-text-gptq"
+    rep = json.loads((folder / "quantization_report.json").read_text())
+    served = rep["served"]
+    assert "error" not in served and served["base"]["server"].startswith("vLLM"), served
+    self_all = served["base"]["self"]["all"]
+    assert self_all["kl_mean"] < 1e-3 and self_all["top1"] == 1.0, self_all
+    got = served["results"]["gptq"]
+    text = got["summary"]["text"]
+    assert got["server"].startswith("vLLM") and text["positions"] >= 48, got
+    assert 1e-6 < text["kl_mean"] < 0.05 and text["top1"] > 0.8, text
+    tf = rep["verify"]["results"]["gptq"]["kl_mean"]
+    assert text["kl_mean"] < 10 * tf + 1e-3, (text, tf)  # a served path that lost the checkpoint would be far off
+    card_text = (folder / "README.md").read_text()
+    assert "## Served quality (`--verify-served`)" in card_text
+    assert f"| gptq (this artifact) | {got['server']} | text | {text['positions']} | {text['kl_mean']:.5f} |" in card_text
+
+
 def test_one_autoround_run_per_format_gives_the_same_exports(tmp_path, monkeypatch):
     """Where several formats would not fit in RAM together (the 8B VL shape on 24 GB), each is its own AutoRound run:
     forced here on the tiny model, the formats must still agree (verify's cross-format check) and equal RTN."""

@@ -94,3 +94,30 @@ def test_calibration_bad_files(tmp_path, name, content, match):
 def test_sha256_is_of_the_exact_samples():
     a = calibration.sha256_texts(["ab", "c"])
     assert a != calibration.sha256_texts(["a", "bc"]) and a == calibration.sha256_texts(["ab", "c"])
+
+
+def _split(n, kl, top1):
+    return {"positions": n, "kl_mean": kl, "kl_p95": 2 * kl, "kl_max": 3 * kl, "top1": top1, "ppl": 3.5,
+            "ref_bounded": 0}
+
+
+SERVED = {"k": 20, "new_tokens": 24, "tail_rule": "tail mass lumped", "base": {"server": "vLLM"},
+          "results": {"gptq": {"server": "vLLM w4a8", "summary": {"text": _split(40, 0.0123, 0.975),
+                                                                   "image": _split(20, 0.0456, 0.95), "all": None},
+                               "errors": {}, "notes": []},
+                      "awq": {"error": "the server did not start (out of memory)"}}}
+
+
+def test_card_served_quality_section():
+    text = card.render({**report(), "served": SERVED})
+    sec = text[text.index("## Served quality (`--verify-served`)"):]
+    assert "top-20" in sec and "vLLM" in sec
+    assert "| gptq (this artifact) | vLLM w4a8 | text | 40 | 0.01230 | 0.02460 | 97.5% | 3.50 |" in sec
+    assert "| gptq (this artifact) | vLLM w4a8 | image | 20 | 0.04560 | 0.09120 | 95.0% | 3.50 |" in sec
+    assert "| awq | failed |" in sec and "out of memory" in sec
+
+
+def test_card_served_quality_absent_or_failed():
+    assert "Served quality" not in card.render(report())
+    text = card.render({**report(), "served": {"error": "the 16-bit base could not be served: no vLLM"}})
+    assert "Not measured: the 16-bit base could not be served: no vLLM." in text
