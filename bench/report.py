@@ -105,7 +105,8 @@ def derive(report: dict) -> dict:
         summ = (sq.get(r["alias"]) or {}).get("summary") or {}
         for split in served_quality.SPLITS:
             r[f"kl_{split}"] = (summ.get(split) or {}).get("kl_mean")
-    return {"baseline": base_alias, "top_concurrency": top, "rows": rows, "served_quality": sq}
+    return {"baseline": base_alias, "top_concurrency": top, "rows": rows, "served_quality": sq,
+            "tuned_vs_rtn": served_quality.tuned_vs_rtn(report, sq) if sq else []}
 
 
 # ---------------------------------------------------------------- markdown
@@ -219,6 +220,13 @@ def served_quality_section(report: dict, d: dict) -> list[str]:
         rows.append(row)
         notes += [f"- {alias}: {n}" for n in r.get("notes") or []]
     L += _table(head, rows) + [""]
+    pairs = d.get("tuned_vs_rtn") or []
+    if pairs:
+        L += [("AutoRound tuned vs plain RTN, same family, format, kernel path and engine (KL mean over all "
+               "positions, text and image):"), ""]
+        L += _table(["tuned", "RTN", "KL tuned", "KL RTN", "tuned / RTN"],
+                    [[f"{p['tuned']} ({p['tuned_recipe']})", p["rtn"], _kl(p["kl_tuned"]), _kl(p["kl_rtn"]),
+                      f"{p['ratio']:.2f}"] for p in pairs]) + [""]
     L += [f"- {x}" for x in meta.get("problems") or []]
     return L + notes + [""]
 

@@ -263,8 +263,11 @@ class Runner:
     def variant(self, entry: dict) -> dict:
         s = self.s
         alias = entry["alias"]
-        rec = {k: entry.get(k) for k in ("alias", "location", "source", "modality", "format", "is_16bit")}
-        rec["family"] = entry["variant"].family.base_alias if entry.get("variant") else None  # its own baseline
+        rec = {k: entry.get(k) for k in ("alias", "location", "source", "modality", "format", "is_16bit", "cpu_int4")}
+        fam = catalog.family_of(entry.get("variant"), entry.get("location") if entry.get("source") == "local" else None)
+        rec["family"] = fam.base_alias if fam else None  # its own baseline
+        recipe = artifact.read_report(entry["location"]).get("recipe") if entry.get("source") == "local" else None
+        rec["recipe"] = {k: recipe.get(k) for k in ("name", "iters")} if isinstance(recipe, dict) else None
         rec.update(status="failed", reason=entry.get("reason"), runs={}, raw={}, memory={}, engine={}, answers=[])
         budget = self.steps(entry)
         done = 0
@@ -383,6 +386,10 @@ class Runner:
             base = rec["alias"]
         if base is None:
             return {"reason": "no 16-bit model of its family ran: nothing to compare with (add it to --models)"}
+        base_rec = next((v for v in self.variants if v["alias"] == base), None)
+        if base_rec is not None and base_rec.get("modality") not in (None, entry["modality"]):
+            return {"reason": f"no 16-bit {entry['modality']} model of its family ran (the first 16-bit model, {base}, "
+                              f"is {base_rec.get('modality')}): add its base to --models"}
         refs = self.references.get(base)
         if refs is None:
             return {"baseline": base, "reason": f"its baseline {base} made no reference"}

@@ -371,3 +371,26 @@ def results(report: dict) -> dict:
                            "reference_errors": [r["error"] for r in (sq.get("references") or {}).get(base, [])
                                                 if r.get("error")]}
     return out
+
+
+def tuned_vs_rtn(report: dict, res: dict) -> list[dict]:
+    """AutoRound-tuned vs plain-RTN pairs among the scored variants: same family, format, CPU int4 path and engine,
+    one made with tuning iterations (recipe iters > 0, from its quantization_report.json), the other with none.
+    Each: {"tuned", "rtn", "kl_tuned", "kl_rtn", "ratio"} on all positions (text and image together)."""
+    def key(v):
+        return v.get("family"), v.get("format"), v.get("cpu_int4"), (res.get(v["alias"]) or {}).get("kind")
+
+    scored = [v for v in report.get("variants", []) if v.get("recipe") and (res.get(v["alias"]) or {}).get("summary")]
+    out = []
+    for t in scored:
+        if not (t["recipe"].get("iters") or 0) > 0:
+            continue
+        for r in scored:
+            if r["recipe"].get("iters") == 0 and key(r) == key(t):
+                kt = (res[t["alias"]]["summary"].get("all") or {}).get("kl_mean")
+                kr = (res[r["alias"]]["summary"].get("all") or {}).get("kl_mean")
+                if kt is not None and kr:
+                    out.append({"tuned": t["alias"], "tuned_recipe": t["recipe"].get("name"), "rtn": r["alias"],
+                                "kl_tuned": kt, "kl_rtn": kr, "ratio": kt / kr})
+    return out
+

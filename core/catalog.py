@@ -222,6 +222,21 @@ def _alias_of_path(p: Path) -> Variant | None:
     return None
 
 
+def family_of(v: Variant | None, location: str | None = None) -> Family | None:
+    """The model family of a variant; for a model folder outside the catalog, the family of the base its
+    quantization_report.json names (by alias or Hub id), so `--models some/dir/tiny-vl-gptq` compares with tiny-vl."""
+    if v is not None:
+        return v.family
+    if location:
+        from core.artifact import read_report
+
+        base = (read_report(location).get("base") or {}).get("id")
+        for fam in FAMILIES.values():
+            if base and base in (fam.base_alias, fam.base_hub_id):
+                return fam
+    return None
+
+
 def table() -> list[dict]:
     """Every variant with where it would come from now (for `--list`)."""
     rows = []

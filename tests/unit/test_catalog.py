@@ -90,3 +90,20 @@ def test_list_prints_every_alias_and_what_is_local(home):
     for alias in catalog.VARIANTS:
         assert alias in r.stdout
     assert str(home / "artifacts") in r.stdout
+
+
+def test_family_of_a_folder_outside_the_catalog(tmp_path):
+    """A model folder passed as a path belongs to the family of the base its quantization_report.json names."""
+    def folder(name, base_id):
+        d = tmp_path / name
+        d.mkdir()
+        if base_id is not None:
+            (d / "quantization_report.json").write_text(json.dumps({"base": {"id": base_id}}))
+        return str(d)
+
+    vl = next(f for f in catalog.FAMILIES.values() if f.base_hub_id and "VL" in f.base_hub_id)
+    assert catalog.family_of(None, folder("a", "tiny-vl")).base_alias == "tiny-vl"
+    assert catalog.family_of(None, folder("b", vl.base_hub_id)) is vl
+    assert catalog.family_of(None, folder("c", "someone/Other-Model")) is None
+    assert catalog.family_of(None, folder("d", None)) is None
+    assert catalog.family_of(catalog.variant("tiny-text-gptq")).base_alias == "tiny-text"

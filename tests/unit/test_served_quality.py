@@ -241,9 +241,9 @@ def test_runner_scores_each_family_on_its_own_16bit_reference(fake):
     run = Runner(Settings(models=["a", "a-q", "b", "b-q"], served_quality=True), [])
     eng = _Engine(fake)
 
-    def one(alias, family, is16, status="ok"):
-        rec = {"alias": alias, "family": family, "is_16bit": is16, "status": status}
-        rec["served_quality"] = run._served_quality({"modality": "text"}, rec, eng, _Tok())
+    def one(alias, family, is16, status="ok", modality="text"):
+        rec = {"alias": alias, "family": family, "is_16bit": is16, "status": status, "modality": modality}
+        rec["served_quality"] = run._served_quality({"modality": modality}, rec, eng, _Tok())
         run.variants.append(rec)
         return rec["served_quality"]
 
@@ -253,7 +253,28 @@ def test_runner_scores_each_family_on_its_own_16bit_reference(fake):
     assert one("b", "b", True)["baseline"] == "b" and set(run.references) == {"a", "b"}
     assert one("b-q", "b", False)["baseline"] == "b"
     assert one("folder", None, False)["baseline"] == "a"  # no family: the first 16-bit model, as baseline_of says
+    # never a VL variant on a text model's reference (a folder whose family is unknown)
+    assert "no 16-bit vl model of its family ran" in one("vl-folder", None, False, modality="vl")["reason"]
     s = run._served_quality_summary()
     assert s["problems"] == [] and s["k"] == sq.K and len(s["references"]["a"]) == len(sq.prompts("text"))
     empty = Runner(Settings(models=["q"], served_quality=True), [])
     assert "no 16-bit model ran among --models" in empty._served_quality_summary()["problems"][0]
+
+
+def test_tuned_vs_rtn_pairs_same_family_format_path_and_engine():
+    def v(alias, iters, fam="tiny-text", fmt="gptq", path="w4a16"):
+        return {"alias": alias, "family": fam, "format": fmt, "cpu_int4": path,
+                "recipe": {"name": "light" if iters else "rtn", "iters": iters}}
+
+    def r(kl, kind="vllm"):
+        return {"kind": kind, "summary": {"all": {"kl_mean": kl}}}
+
+    report = {"variants": [v("t@w4a16", 20), v("rtn@w4a16", 0), v("t@w4a8", 20, path="w4a8"),
+                           v("rtn@w4a8", 0, path="w4a8"), v("vl-t", 20, fam="tiny-vl"), v("rtn-awq", 0, fmt="awq"),
+                           {"alias": "tiny-text", "family": "tiny-text", "recipe": None}]}
+    res = {"t@w4a16": r(0.01), "rtn@w4a16": r(0.04), "t@w4a8": r(0.03), "rtn@w4a8": r(0.02),
+           "vl-t": r(0.01), "rtn-awq": r(0.05), "tiny-text": r(0.0)}
+    pairs = sq.tuned_vs_rtn(report, res)
+    assert [(p["tuned"], p["rtn"]) for p in pairs] == [("t@w4a16", "rtn@w4a16"), ("t@w4a8", "rtn@w4a8")]
+    assert pairs[0]["ratio"] == pytest.approx(0.25) and pairs[1]["ratio"] == pytest.approx(1.5)
+    assert sq.tuned_vs_rtn(report, {**res, "rtn@w4a16": {"reason": "no logprobs"}})[0]["tuned"] == "t@w4a8"
