@@ -182,7 +182,10 @@ def headline_table(report: dict, d: dict | None = None) -> list[str]:
 
 
 def _kl(x) -> str:
-    return "–" if x is None else f"{x:.4f}"
+    """4 decimals, or 2 significant digits below 0.001 (4-bit KLs of small models are 1e-4 to 1e-3)."""
+    if x is None:
+        return "–"
+    return f"{x:.4f}" if x == 0 or x >= 1e-3 else f"{x:.2g}"
 
 
 def served_quality_section(report: dict, d: dict) -> list[str]:
