@@ -186,15 +186,22 @@ def _silence_special_logits(model, tokenizer) -> None:
             model.lm_head.weight[tid].zero_()
 
 
+def _chat_tokens(tokenizer, docs: list[str]):
+    """The chat-formatted local text (chat_samples) as one long tensor of token ids, for the training runs."""
+    import torch
+
+    ids: list[int] = []
+    for chat in chat_samples(docs):
+        ids += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def train_text(model, tokenizer, docs: list[str], steps: int, seq: int = 128, batch: int = 8) -> dict:
     """A short, deterministic next-token training run on chat-formatted local text (CPU)."""
     import torch
 
     torch.manual_seed(SEED)
-    ids: list[int] = []
-    for chat in chat_samples(docs):
-        ids += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
-    data = torch.tensor(ids, dtype=torch.long)
+    data = _chat_tokens(tokenizer, docs)
     n = (len(data) - 1) // seq
     model.float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
@@ -245,11 +252,7 @@ def train_vl(model, processor, docs: list[str], steps: int, seq: int = 128, batc
     from core import tiny_scenes
 
     torch.manual_seed(SEED)
-    tokenizer = processor.tokenizer
-    ids: list[int] = []
-    for chat in chat_samples(docs):
-        ids += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
-    data = torch.tensor(ids, dtype=torch.long)
+    data = _chat_tokens(processor.tokenizer, docs)
     n = (len(data) - 1) // seq
     rng, g = random.Random(SEED), torch.Generator().manual_seed(SEED)
     model.float().train()
