@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{alias}: {stats.output_tokens} tokens, TTFT {stats.ttft_s * 1000:.0f} ms, "
               f"{stats.tokens_per_s:.1f} tok/s]")
         if alias == BASE or catalog.variant(BASE).family.local_only:
-            print("(tiny models have random weights: the words are noise; the chain is what is shown)")
+            print("(a tiny model, trained for minutes on synthetic pictures of shapes: it names colours and shapes, "
+                  "often wrongly; the chain is what is shown)")
         _step(6, "stop the server")
     print(f"stopped. total {time.time() - t_all:.0f} s")
     return 0
